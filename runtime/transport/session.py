@@ -1,0 +1,83 @@
+"""The Session port: one WhatsApp linked-device connection, real (neonize) or simulated.
+
+The rest of the daemon cannot tell the two apart. A session delivers every event as
+(kind, raw protobuf bytes) to an `EventSink` — the spool append, which is the ack
+point — on the transport's own thread, and returns at once; `normalize.py` later turns
+the bytes into domain values on the account's actor. Nothing else happens on that thread.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+
+class EventSink(Protocol):
+    def __call__(self, kind: str, raw: bytes) -> None:
+        """Make the event durable (spool append) and return. Raising means "not taken":
+        the transport must not acknowledge the event, so WhatsApp sends it again."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    on_demand_history: bool  # can ask the phone for older messages of a chat
+    pair_phone: bool  # can pair by phone-number code instead of QR
+
+
+@dataclass(frozen=True)
+class SendResult:
+    message_id: str
+    ts_ms: int
+
+
+class SessionError(RuntimeError):
+    """A session operation failed; `reason` is a stable word for metrics and logs."""
+
+    reason = "unknown"
+
+
+class NotConnected(SessionError):
+    reason = "not_connected"
+
+
+class InvalidRecipient(SessionError):
+    reason = "invalid_recipient"
+
+
+class RateLimited(SessionError):
+    reason = "rate_limited"
+
+
+class CapabilityAbsent(SessionError):
+    """The transport cannot do this at all (e.g. on-demand history on neonize 0.5.2)."""
+
+    reason = "capability_absent"
+
+
+class Session(Protocol):
+    account_id: str
+    capabilities: Capabilities
+
+    def start(self) -> None:
+        """Begin connecting on the transport's own thread; return at once."""
+
+    def stop(self) -> None:
+        """Close the connection and join the transport's threads. Idempotent."""
+
+    def send_text(self, to_jid: str, text: str, timeout_s: float = 30.0) -> SendResult: ...
+
+    def mark_read(self, chat_jid: str, sender_jid: Optional[str], message_ids: list[str], ts_ms: int) -> None: ...
+
+    def request_history(self, chat_jid: str, oldest_id: str, oldest_ts_ms: int, oldest_from_me: bool,
+                        count: int) -> None:
+        """Ask for up to `count` messages older than the anchor; they arrive later as a
+        HistorySync event of type ON_DEMAND. Raises CapabilityAbsent where unsupported."""
+
+    def pair_phone(self, phone: str) -> str:
+        """A pairing code for `phone` (only while pairing). Raises CapabilityAbsent."""
+
+    def logout(self) -> None: ...
+
+
+class SessionFactory(Protocol):
+    def open(self, account_id: str, phone: Optional[str], sink: EventSink) -> Session:
+        """A new, not yet started session for one account."""
