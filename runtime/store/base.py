@@ -1,0 +1,195 @@
+"""The Store port: domain verbs the daemon needs from its document store.
+
+Two implementations (`sqlite.SqliteStore`, `firestore.FirestoreStore`) pass one contract
+suite (tests/test_store_contract.py). Callers are actor threads: every method blocks.
+
+Rules every implementation keeps (SPEC §2):
+- A message's document id is its WhatsApp id, under its thread. Re-ingesting from any
+  source never creates a second document and never erases a field already stored.
+- Status only moves forward (queued < sent < delivered < read < played). A receipt, edit
+  or revoke for a message not stored yet is kept and applied when the message arrives;
+  it never creates a document by itself.
+- A thread's lastMessageAt/Ms/Preview describe its newest stored message, whatever
+  order messages arrive in.
+- Leases: compare-and-set; the epoch goes up on every change of holder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol, Sequence
+
+from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, ThreadUpdate
+
+
+class StoreError(RuntimeError):
+    """The store could not do what was asked; the caller may retry (nothing was lost)."""
+
+
+class StaleFence(StoreError):
+    """A fenced write carried an epoch that is no longer the account's current one."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class Lease:
+    account_id: str
+    holder: str
+    epoch: int
+    expires_at_ms: int
+    renewed_at_ms: int
+
+    def live(self, now_ms: int) -> bool:
+        return self.expires_at_ms > now_ms
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Proof of ownership carried by non-idempotent writes."""
+
+    holder: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    messages: int = 0  # message documents written (created or merged)
+    applied: int = 0  # receipts/edits/revokes applied to stored messages
+    pending: int = 0  # kept until their message arrives
+    threads: int = 0  # thread documents touched
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[dict]
+    next_cursor: Optional[str]
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: str
+    account_id: str
+    to_jid: str
+    text: str
+    created_at_ms: int
+    status: str = "queued"  # queued | sending | sent | failed
+    attempts: int = 0
+    claimed_by: Optional[str] = None
+    claim_epoch: Optional[int] = None
+    wa_message_id: Optional[str] = None
+    error: Optional[str] = None
+
+
+JOBS = ("backfill", "recent_sync")
+
+
+@dataclass(frozen=True)
+class JobLock:
+    job: str
+    account_id: str
+    owner: str
+    expires_at_ms: int
+    started_at_ms: int
+
+
+class Store(Protocol):
+    name: str
+
+    # --- conversation data (idempotent, unfenced) ---------------------------------
+    def upsert_messages(self, messages: Sequence[Message], now_ms: int) -> WriteResult: ...
+    def apply_receipts(self, receipts: Sequence[Receipt], now_ms: int) -> WriteResult: ...
+    def apply_edits(self, edits: Sequence[MessageEdit], now_ms: int) -> WriteResult: ...
+    def apply_revokes(self, revokes: Sequence[MessageRevoke], now_ms: int) -> WriteResult: ...
+    def update_threads(self, updates: Sequence[ThreadUpdate], now_ms: int) -> WriteResult: ...
+    def flush(self) -> None:
+        """Write anything held back for coalescing (thread documents)."""
+
+    # --- reads, in the JSON shape the API returns ----------------------------------
+    def get_message(self, account_id: str, chat_jid: str, message_id: str) -> Optional[dict]: ...
+    def list_threads(self, account_id: str, limit: int = 50, cursor: Optional[str] = None) -> Page: ...
+    def list_messages(self, account_id: str, thread_id: str, limit: int = 50,
+                      cursor: Optional[str] = None) -> Page: ...
+    def get_thread(self, thread_id: str) -> Optional[dict]: ...
+
+    # --- accounts --------------------------------------------------------------------
+    def get_account(self, account_id: str) -> Optional[dict]: ...
+    def merge_account(self, account_id: str, fields: dict[str, Any], now_ms: int,
+                      fence: Optional[Fence] = None) -> None: ...
+    def list_accounts(self) -> list[dict]: ...
+    def delete_account(self, account_id: str) -> bool: ...
+
+    # --- socket ownership --------------------------------------------------------------
+    def acquire_lease(self, account_id: str, holder: str, now_ms: int, ttl_ms: int) -> Optional[Lease]: ...
+    def renew_lease(self, account_id: str, holder: str, epoch: int, now_ms: int,
+                    ttl_ms: int) -> Optional[Lease]: ...
+    def release_lease(self, account_id: str, holder: str, epoch: int) -> bool: ...
+    def get_lease(self, account_id: str) -> Optional[Lease]: ...
+    def list_leases(self) -> list[Lease]: ...
+    def heartbeat_instance(self, instance_id: str, now_ms: int, started_at_ms: int,
+                           version: str, accounts: int) -> None: ...
+    def list_instances(self) -> list[dict]: ...
+    def remove_instance(self, instance_id: str) -> None: ...
+
+    # --- job locks (backfill, recent-sync) ---------------------------------------------
+    def acquire_job_lock(self, job: str, account_id: str, owner: str, now_ms: int, ttl_ms: int,
+                         fence: Optional[Fence] = None) -> Optional[JobLock]: ...
+    def release_job_lock(self, job: str, account_id: str, owner: str) -> bool: ...
+
+    # --- outbox ------------------------------------------------------------------------
+    def enqueue_outbox(self, item: OutboxItem) -> OutboxItem: ...
+    def claim_outbox(self, account_id: str, fence: Fence, now_ms: int, limit: int = 10) -> list[OutboxItem]: ...
+    def complete_outbox(self, item_id: str, fence: Fence, wa_message_id: str, now_ms: int) -> None: ...
+    def fail_outbox(self, item_id: str, fence: Fence, reason: str, now_ms: int) -> None: ...
+    def get_outbox(self, item_id: str) -> Optional[OutboxItem]: ...
+
+    # --- housekeeping ------------------------------------------------------------------
+    def ping(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class DryRunCounts:
+    messages: int = 0
+    receipts: int = 0
+    edits: int = 0
+    revokes: int = 0
+    threads: int = 0
+    accounts: list = field(default_factory=list)
+
+
+class DryRunStore:
+    """Counts conversation writes and performs none; everything else passes through.
+    (`WHATSAPP_HISTORY_SYNC_DRY_RUN`: count history, write nothing.)"""
+
+    def __init__(self, inner: Store):
+        self.inner = inner
+        self.name = f"dry-run({inner.name})"
+        self.counts = DryRunCounts()
+
+    def upsert_messages(self, messages, now_ms):
+        self.counts.messages += len(messages)
+        return WriteResult(messages=len(messages))
+
+    def apply_receipts(self, receipts, now_ms):
+        self.counts.receipts += len(receipts)
+        return WriteResult(applied=len(receipts))
+
+    def apply_edits(self, edits, now_ms):
+        self.counts.edits += len(edits)
+        return WriteResult(applied=len(edits))
+
+    def apply_revokes(self, revokes, now_ms):
+        self.counts.revokes += len(revokes)
+        return WriteResult(applied=len(revokes))
+
+    def update_threads(self, updates, now_ms):
+        self.counts.threads += len(updates)
+        return WriteResult(threads=len(updates))
+
+    def flush(self):
+        pass
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)

@@ -1,0 +1,293 @@
+"""The stored schema (SPEC §2) and the merge rules both stores apply. Pure: no I/O.
+
+Both stores read what is stored, merge with `merge_message` / `merge_thread` here, and
+write the result, so they cannot disagree on what "idempotent" or "never backwards"
+means. Documents are plain dicts with the SPEC's camelCase field names; timestamp
+fields hold timezone-aware `datetime`s (Firestore Timestamps), `tsClient` an ISO string.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from wasync.runtime.model import (
+    Message,
+    MessageEdit,
+    MessageRevoke,
+    MessageStatus,
+    Receipt,
+    ThreadUpdate,
+    later_status,
+    thread_id,
+)
+from wasync.runtime.store.base import OutboxItem
+
+# Collections (Firestore names; SqliteStore uses the same names for its tables).
+ACCOUNTS = "accounts"
+THREADS = "threads"
+MESSAGES = "messages"  # subcollection of a thread
+LEASES = "leases"
+INSTANCES = "instances"
+OUTBOX = "outbox"
+BACKFILL_LOCKS = "whatsapp_backfill_locks"
+RECENT_SYNC_LOCKS = "whatsapp_recent_sync_locks"
+# Receipts, edits and revokes that arrived before their message: one patch per message.
+PENDING = "pending_message_updates"
+
+JOB_LOCK_COLLECTION = {"backfill": BACKFILL_LOCKS, "recent_sync": RECENT_SYNC_LOCKS}
+# Account fields that mirror a job lock, so the dashboard sees who runs what (SPEC §2).
+JOB_LOCK_MIRROR = {
+    "backfill": ("autoBackfillLeaseUntil", "autoBackfillLeaseHolder", "autoBackfillLeaseAcquiredAt"),
+    "recent_sync": ("recentSyncLeaseUntil", "recentSyncLeaseHolder", "recentSyncLeaseAcquiredAt"),
+}
+
+
+@dataclass(frozen=True)
+class Increment:
+    """Account field update: add `by` to the stored number (0 when absent)."""
+
+    by: int = 1
+
+
+class ServerTime:
+    """Account field update: the store's own clock (Firestore server timestamp)."""
+
+    def __repr__(self) -> str:
+        return "SERVER_TIME"
+
+
+SERVER_TIME = ServerTime()
+
+
+def ms_to_dt(ms: Optional[int]) -> Optional[datetime]:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def dt_to_ms(value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return int(round(value.timestamp() * 1000))
+    if isinstance(value, str):
+        return dt_to_ms(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    return int(value)
+
+
+def iso(value: datetime) -> str:
+    """ISO-8601 in UTC with milliseconds, as the old backend wrote `tsClient`."""
+    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# Message fields whose first stored value is kept (later copies do not overwrite them).
+_KEEP_FIRST = ("createdAt", "tsServer", "syncSource", "deliveredAt", "readAt", "playedAt", "revokedAt")
+_STATUS_TIME = {MessageStatus.DELIVERED: "deliveredAt", MessageStatus.READ: "readAt",
+                MessageStatus.PLAYED: "playedAt"}
+
+
+def message_doc(m: Message) -> dict[str, Any]:
+    """The document a message is stored as, without store-time fields (createdAt,
+    syncedAt, tsServer), which `merge_message` adds. None fields are left out so that a
+    merge never erases what is stored. (Hot under history sync: kept lean.)"""
+    doc = {
+        "id": m.id,
+        "waMessageId": m.id,
+        "accountId": m.account_id,
+        "clientJid": m.client_jid,
+        "direction": m.direction.value,
+        "messageType": m.message_type.value,
+        "isGroup": m.is_group,
+        "tsClient": iso(ms_to_dt(m.ts_client_ms)),
+        "tsClientMs": m.ts_client_ms,
+        "syncSource": m.sync_source.value,
+    }
+    for key, value in (("senderJid", m.sender_jid), ("senderAltJid", m.sender_alt_jid),
+                       ("pushName", m.push_name), ("body", m.body), ("mediaType", m.media_type),
+                       ("mediaUrl", m.media_url), ("mediaMimetype", m.media_mimetype),
+                       ("mediaFilename", m.media_filename), ("caption", m.caption),
+                       ("quotedMessageId", m.quoted_message_id)):
+        if value is not None:
+            doc[key] = value
+    if m.status is not None:
+        doc["status"] = m.status.value
+    for key, ms in (("deliveredAt", m.delivered_at_ms), ("readAt", m.read_at_ms), ("playedAt", m.played_at_ms)):
+        if ms is not None:
+            doc[key] = ms_to_dt(ms)
+    return doc
+
+
+def receipt_patch(r: Receipt) -> Optional[dict[str, Any]]:
+    """What a receipt changes in each of its messages (None: it changes nothing)."""
+    status = r.status
+    if status is None:
+        return None
+    return {"status": status.value, _STATUS_TIME[status]: ms_to_dt(r.ts_ms)}
+
+
+def edit_patch(e: MessageEdit) -> dict[str, Any]:
+    patch: dict[str, Any] = {"editedAt": ms_to_dt(e.edited_at_ms)}
+    if e.new_body is not None:
+        patch["body"] = e.new_body
+    if e.new_caption is not None:
+        patch["caption"] = e.new_caption
+    return patch
+
+
+def revoke_patch(r: MessageRevoke) -> dict[str, Any]:
+    return {"revoked": True, "revokedAt": ms_to_dt(r.revoked_at_ms)}
+
+
+def merge_patch(stored: Optional[dict], patch: dict[str, Any]) -> dict[str, Any]:
+    """Fold an update patch (receipt/edit/revoke) into another patch or a document."""
+    return merge_message(stored, patch, now=None)
+
+
+def merge_message(stored: Optional[dict], incoming: dict[str, Any], now: Optional[datetime]) -> dict[str, Any]:
+    """The document after `incoming` (a new copy, or a patch) meets what is stored.
+
+    Order-independent in what matters: status is the later of the two; the first
+    delivered/read/played time, creation time and sync source are kept; an edit's text
+    wins over any copy of the original; a revoke sticks. `now` (store time) sets
+    createdAt on first write and syncedAt on every write; None when merging patches.
+    """
+    if not stored:
+        merged = dict(incoming)
+    else:
+        merged = dict(stored)
+        # The text of the latest edit wins; copies of the original never undo it.
+        incoming_edit, stored_edit = incoming.get("editedAt"), stored.get("editedAt")
+        text_from_incoming = stored_edit is None or (incoming_edit is not None and incoming_edit >= stored_edit)
+        for key, value in incoming.items():
+            if value is None or key == "status":
+                continue
+            if key in ("body", "caption"):
+                if text_from_incoming or key not in stored:
+                    merged[key] = value
+            elif key == "editedAt" and stored_edit is not None:
+                merged[key] = max(value, stored_edit)
+            elif key not in _KEEP_FIRST or key not in stored:
+                merged[key] = value
+        status = later_status(_status(stored.get("status")), _status(incoming.get("status")))
+        if status is not None:
+            merged["status"] = status.value
+    if now is not None:
+        merged.setdefault("createdAt", now)
+        merged.setdefault("tsServer", now)
+        merged["syncedAt"] = now
+    return merged
+
+
+def _status(value: Optional[str]) -> Optional[MessageStatus]:
+    return MessageStatus(value) if value else None
+
+
+# --- threads --------------------------------------------------------------------
+
+
+def thread_fields(update: ThreadUpdate) -> dict[str, Any]:
+    doc = {
+        "accountId": update.account_id,
+        "clientJid": update.client_jid,
+        "displayName": update.display_name,
+        "isGroup": update.is_group,
+        "lastMessageAt": ms_to_dt(update.last_message_at_ms),
+        "lastMessageAtMs": update.last_message_at_ms,
+        "lastMessagePreview": update.last_message_preview,
+        "lastMessageId": update.last_message_id,
+        "lastBackfillAt": ms_to_dt(update.last_backfill_at_ms),
+    }
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+def merge_thread(stored: Optional[dict], update: ThreadUpdate, now: datetime) -> Optional[dict[str, Any]]:
+    """The thread document after `update`, or None when nothing would change."""
+    incoming = thread_fields(update)
+    merged = dict(stored or {})
+    mine = (stored or {}).get("lastMessageAtMs"), (stored or {}).get("lastMessageId") or ""
+    theirs = incoming.get("lastMessageAtMs"), incoming.get("lastMessageId") or ""
+    take_last = theirs[0] is not None and (mine[0] is None or theirs > mine)
+    for key, value in incoming.items():
+        if key in ("lastMessageAt", "lastMessageAtMs", "lastMessagePreview", "lastMessageId"):
+            if take_last:
+                merged[key] = value
+        elif key == "lastBackfillAt":
+            if "lastBackfillAt" not in merged or value > merged["lastBackfillAt"]:
+                merged[key] = value
+        elif key == "displayName" and not value:
+            continue
+        else:
+            merged[key] = value
+    if stored is not None and all(stored.get(k) == v for k, v in merged.items() if k != "updatedAt"):
+        return None
+    merged["updatedAt"] = now
+    return merged
+
+
+# --- API shape and cursors --------------------------------------------------------
+
+
+def to_api(doc: Optional[dict]) -> Optional[dict]:
+    """A stored document as the API returns it (JSON-safe; timestamps as ISO strings)."""
+    if doc is None:
+        return None
+    return {key: _api_value(value) for key, value in doc.items()}
+
+
+def _api_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, dict):
+        return {k: _api_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_api_value(v) for v in value]
+    return value
+
+
+def encode_cursor(sort_value: Any, doc_id: str) -> str:
+    raw = json.dumps([sort_value, doc_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def decode_cursor(cursor: str) -> tuple[Any, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        sort_value, doc_id = json.loads(raw)
+        # Every list sorts by an integer (ms) and then by document id.
+        if not isinstance(doc_id, str) or not isinstance(sort_value, int) or isinstance(sort_value, bool):
+            raise ValueError
+        return sort_value, doc_id
+    except (ValueError, TypeError) as exc:
+        raise BadCursor(f"invalid cursor {cursor!r}") from exc
+
+
+def pending_id(thread: str, message_id: str) -> str:
+    return f"{thread}__{message_id}"
+
+
+def message_key(account_id: str, chat_jid: str, message_id: str) -> tuple[str, str]:
+    return thread_id(account_id, chat_jid), message_id
+
+
+# Outbox documents (`outbox/{id}`): OutboxItem attribute -> document field.
+OUTBOX_FIELDS = {"id": "id", "account_id": "accountId", "to_jid": "to", "text": "text",
+                 "created_at_ms": "createdAtMs", "status": "status", "attempts": "attempts",
+                 "claimed_by": "claimedBy", "claim_epoch": "claimEpoch", "wa_message_id": "waMessageId",
+                 "error": "error"}
+
+
+def outbox_doc(item: OutboxItem) -> dict:
+    return {doc_key: getattr(item, attr) for attr, doc_key in OUTBOX_FIELDS.items()}
+
+
+def outbox_item(doc: dict) -> OutboxItem:
+    return OutboxItem(**{attr: doc.get(doc_key) for attr, doc_key in OUTBOX_FIELDS.items()
+                         if doc_key in doc})
+
