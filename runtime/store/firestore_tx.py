@@ -1,0 +1,316 @@
+"""Firestore side of ownership: leases, instances, job locks and the outbox.
+
+Every compare-and-set is one short transaction (read, decide, write) run by `run_tx`,
+which retries contention itself: the client retries only an aborted *commit*, at once
+and without backoff, and the emulator aborts reads too when several processes fight
+over one lease document.
+"""
+from __future__ import annotations
+
+import functools
+import random
+import time
+from typing import Any, Callable, Optional, TypeVar
+
+import grpc
+from google.api_core import exceptions as gexc
+from google.api_core import retry as retries
+from google.auth import exceptions as auth_exc
+from google.cloud import firestore
+from google.cloud.firestore import FieldFilter
+
+from wasync.runtime.store.base import JOBS, Fence, JobLock, Lease, NotFound, OutboxItem, StaleFence, StoreError
+from wasync.runtime.store.schema import (
+    ACCOUNTS,
+    INSTANCES,
+    JOB_LOCK_COLLECTION,
+    JOB_LOCK_MIRROR,
+    LEASES,
+    OUTBOX,
+    dt_to_ms,
+    ms_to_dt,
+    outbox_doc,
+    outbox_item,
+    to_api,
+)
+
+T = TypeVar("T")
+
+TX_ATTEMPTS = 8
+TX_READ_TIMEOUT_S = 10.0  # a read blocked behind another transaction's lock gives up here
+
+# Without these, a read of an unreachable Firestore retries for 300 s and a write for
+# 60 s. Writes are resent only on errors that mean "not executed".
+_READ_ERRORS = retries.if_exception_type(gexc.DeadlineExceeded, gexc.InternalServerError, gexc.ServiceUnavailable,
+                                         gexc.ResourceExhausted)
+_WRITE_ERRORS = retries.if_exception_type(gexc.ServiceUnavailable, gexc.ResourceExhausted)
+
+
+def call_options(deadline_s: float) -> tuple[dict, dict]:
+    """(read, write) keyword arguments bounding one call, retries included, to `deadline_s`."""
+    def policy(predicate):
+        return {"retry": retries.Retry(initial=0.1, maximum=2.0, multiplier=2.0, predicate=predicate,
+                                       timeout=deadline_s), "timeout": deadline_s}
+    return policy(_READ_ERRORS), policy(_WRITE_ERRORS)
+
+
+_TX_READ = call_options(TX_READ_TIMEOUT_S)[0]
+
+
+def store_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Surface transport and service failures as StoreError, which callers retry."""
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except StoreError:
+            raise
+        except (gexc.GoogleAPIError, grpc.RpcError, auth_exc.GoogleAuthError) as exc:
+            raise StoreError(f"firestore {fn.__name__}: {type(exc).__name__}: {exc}") from exc
+
+    return call
+
+
+def _aborted(exc: BaseException) -> bool:
+    # With max_attempts=1 the client reports an aborted commit as ValueError(from Aborted).
+    return isinstance(exc, gexc.Aborted) or (isinstance(exc, ValueError) and isinstance(exc.__cause__, gexc.Aborted))
+
+
+def run_tx(db: firestore.Client, body: Callable[[Any], T]) -> T:
+    delay = 0.01
+    for attempt in range(TX_ATTEMPTS):
+        try:
+            return firestore.transactional(body)(db.transaction(max_attempts=1))
+        except (gexc.Aborted, ValueError) as exc:
+            if not _aborted(exc):
+                # A failed begin surfaces as the ValueError of the rollback that followed it.
+                cause = exc.__cause__ or exc.__context__
+                if isinstance(cause, (gexc.GoogleAPIError, grpc.RpcError)):
+                    raise StoreError(f"firestore transaction: {type(cause).__name__}: {cause}") from cause
+                raise
+            if attempt == TX_ATTEMPTS - 1:
+                raise StoreError(f"firestore transaction still contended after {TX_ATTEMPTS} attempts") from exc
+        time.sleep(random.uniform(delay / 2, delay * 1.5))
+        delay = min(delay * 2, 0.5)
+    raise AssertionError("unreachable")
+
+
+def tx_read(db: firestore.Client, tx, *refs) -> list[Optional[dict]]:
+    """Read `refs` in `tx` with one RPC; None for a missing document, in order."""
+    found = {snap.reference.path: snap.to_dict() for snap in
+             db.get_all(list(refs), transaction=tx, **_TX_READ) if snap.exists}
+    return [found.get(ref.path) for ref in refs]
+
+
+def check_fence(lease: Optional[dict], fence: Fence, account_id: str) -> None:
+    if not _ours(lease, fence.holder, fence.epoch):
+        now = f"{lease.get('holder')}@{lease.get('epoch')}" if lease else "none"
+        raise StaleFence(f"account {account_id}: fence {fence.holder}@{fence.epoch} is stale (lease {now})")
+
+
+def _ours(lease: Optional[dict], holder: str, epoch: int) -> bool:
+    return bool(lease) and lease.get("holder") == holder and lease.get("epoch") == epoch
+
+
+def _lease(account_id: str, doc: dict) -> Lease:
+    return Lease(account_id=account_id, holder=doc["holder"], epoch=int(doc["epoch"]),
+                 expires_at_ms=int(doc.get("expiresAtMs") or 0), renewed_at_ms=int(doc.get("renewedAtMs") or 0))
+
+
+class OwnershipOps:
+    """Mixed into FirestoreStore; needs `self._db` and the call options `self._read`,
+    `self._write` (see `call_options`)."""
+
+    _db: firestore.Client
+    _read: dict
+    _write: dict
+
+    def _doc(self, collection: str, doc_id: str):
+        return self._db.collection(collection).document(doc_id)
+
+    # --- socket ownership ----------------------------------------------------------
+
+    @store_errors
+    def acquire_lease(self, account_id: str, holder: str, now_ms: int, ttl_ms: int) -> Optional[Lease]:
+        ref = self._doc(LEASES, account_id)
+
+        def body(tx):
+            (cur,) = tx_read(self._db, tx, ref)
+            expires = int(cur.get("expiresAtMs") or 0) if cur else 0
+            if cur is None:
+                epoch = 1
+            elif cur.get("holder") == holder and expires > 0:
+                epoch = int(cur["epoch"])  # still ours (even if it lapsed, nobody took it)
+            elif expires > now_ms:
+                return None
+            else:
+                epoch = int(cur.get("epoch") or 0) + 1
+            doc = {"holder": holder, "epoch": epoch, "expiresAtMs": now_ms + ttl_ms, "renewedAtMs": now_ms}
+            tx.set(ref, doc)
+            return _lease(account_id, doc)
+
+        return run_tx(self._db, body)
+
+    @store_errors
+    def renew_lease(self, account_id: str, holder: str, epoch: int, now_ms: int, ttl_ms: int) -> Optional[Lease]:
+        ref = self._doc(LEASES, account_id)
+
+        def body(tx):
+            (cur,) = tx_read(self._db, tx, ref)
+            if not _ours(cur, holder, epoch) or not cur.get("expiresAtMs"):
+                return None  # taken, or released (expiresAtMs = 0)
+            doc = {**cur, "expiresAtMs": now_ms + ttl_ms, "renewedAtMs": now_ms}
+            tx.update(ref, {"expiresAtMs": doc["expiresAtMs"], "renewedAtMs": now_ms})
+            return _lease(account_id, doc)
+
+        return run_tx(self._db, body)
+
+    @store_errors
+    def release_lease(self, account_id: str, holder: str, epoch: int) -> bool:
+        ref = self._doc(LEASES, account_id)
+
+        def body(tx):
+            (cur,) = tx_read(self._db, tx, ref)
+            if not _ours(cur, holder, epoch):
+                return False
+            # The document (and its epoch) stays, so the next holder gets epoch + 1.
+            tx.update(ref, {"expiresAtMs": 0})
+            return True
+
+        return run_tx(self._db, body)
+
+    @store_errors
+    def get_lease(self, account_id: str) -> Optional[Lease]:
+        snap = self._doc(LEASES, account_id).get(**self._read)
+        return _lease(snap.id, snap.to_dict()) if snap.exists else None
+
+    @store_errors
+    def list_leases(self) -> list[Lease]:
+        return [_lease(s.id, s.to_dict()) for s in self._db.collection(LEASES).stream(**self._read)]
+
+    @store_errors
+    def heartbeat_instance(self, instance_id: str, now_ms: int, started_at_ms: int, version: str,
+                           accounts: int) -> None:
+        self._doc(INSTANCES, instance_id).set({
+            "instanceId": instance_id, "startedAt": ms_to_dt(started_at_ms), "heartbeatAtMs": now_ms,
+            "version": version, "accounts": accounts}, **self._write)
+
+    @store_errors
+    def list_instances(self) -> list[dict]:
+        return [to_api({"instanceId": s.id, **s.to_dict()}) for s in self._db.collection(INSTANCES).stream(**self._read)]
+
+    @store_errors
+    def remove_instance(self, instance_id: str) -> None:
+        self._doc(INSTANCES, instance_id).delete(**self._write)
+
+    # --- job locks -----------------------------------------------------------------
+
+    @store_errors
+    def acquire_job_lock(self, job: str, account_id: str, owner: str, now_ms: int, ttl_ms: int,
+                         fence: Optional[Fence] = None) -> Optional[JobLock]:
+        lock_ref, account_ref, lease_ref = self._job_refs(job, account_id)
+        until, holder, acquired = JOB_LOCK_MIRROR[job]
+
+        def body(tx):
+            # The lease is read only when fenced: reading it locks it against renewals.
+            cur, *lease = tx_read(self._db, tx, lock_ref, *([lease_ref] if fence else []))
+            if fence is not None:
+                check_fence(lease[0], fence, account_id)
+            live = cur is not None and int(cur.get("expiresAtMs") or 0) > now_ms
+            if live and cur.get("ownerId") != owner:
+                return None
+            started = cur["startedAt"] if live else ms_to_dt(now_ms)
+            expires = now_ms + ttl_ms
+            tx.set(lock_ref, {"ownerId": owner, "expiresAtMs": expires, "startedAt": started})
+            tx.set(account_ref, {"accountId": account_id, until: ms_to_dt(expires), holder: owner,
+                                 acquired: started}, merge=True)
+            return JobLock(job=job, account_id=account_id, owner=owner, expires_at_ms=expires,
+                           started_at_ms=dt_to_ms(started))
+
+        return run_tx(self._db, body)
+
+    @store_errors
+    def release_job_lock(self, job: str, account_id: str, owner: str) -> bool:
+        lock_ref, account_ref, _ = self._job_refs(job, account_id)
+        until, holder, _acquired = JOB_LOCK_MIRROR[job]
+
+        def body(tx):
+            cur, account = tx_read(self._db, tx, lock_ref, account_ref)
+            if not cur or cur.get("ownerId") != owner:
+                return False
+            tx.delete(lock_ref)
+            # update(), not set(): a job outliving its account must not bring the account back.
+            if account is not None and account.get(holder) == owner:
+                tx.update(account_ref, {until: None, holder: None})
+            return True
+
+        return run_tx(self._db, body)
+
+    def _job_refs(self, job: str, account_id: str):
+        if job not in JOBS:
+            raise ValueError(f"unknown job {job!r} (expected one of {JOBS})")
+        return (self._doc(JOB_LOCK_COLLECTION[job], account_id), self._doc(ACCOUNTS, account_id),
+                self._doc(LEASES, account_id))
+
+    # --- outbox --------------------------------------------------------------------
+
+    @store_errors
+    def enqueue_outbox(self, item: OutboxItem) -> OutboxItem:
+        ref = self._doc(OUTBOX, item.id)
+        try:
+            ref.create({**outbox_doc(item), "updatedAt": ms_to_dt(item.created_at_ms)}, **self._write)
+            return item
+        except gexc.Conflict:
+            return outbox_item(ref.get(**self._read).to_dict())
+
+    @store_errors
+    def claim_outbox(self, account_id: str, fence: Fence, now_ms: int, limit: int = 10) -> list[OutboxItem]:
+        lease_ref = self._doc(LEASES, account_id)
+        # Equality filters only: served without a composite index; the queue is short.
+        queued = (self._db.collection(OUTBOX).where(filter=FieldFilter("accountId", "==", account_id))
+                  .where(filter=FieldFilter("status", "==", "queued")))
+
+        def body(tx):
+            (lease,) = tx_read(self._db, tx, lease_ref)
+            check_fence(lease, fence, account_id)
+            snaps = list(queued.stream(transaction=tx, **_TX_READ))
+            snaps.sort(key=lambda s: (s.get("createdAtMs"), s.id))
+            claimed = []
+            for snap in snaps[:max(limit, 0)]:
+                change = {"status": "sending", "claimedBy": fence.holder, "claimEpoch": fence.epoch,
+                          "attempts": int(snap.get("attempts") or 0) + 1, "updatedAt": ms_to_dt(now_ms)}
+                tx.update(snap.reference, change)
+                claimed.append(outbox_item({**snap.to_dict(), **change}))
+            return claimed
+
+        return run_tx(self._db, body)
+
+    @store_errors
+    def complete_outbox(self, item_id: str, fence: Fence, wa_message_id: str, now_ms: int) -> None:
+        self._finish_outbox(item_id, fence, now_ms, {"status": "sent", "waMessageId": wa_message_id})
+
+    @store_errors
+    def fail_outbox(self, item_id: str, fence: Fence, reason: str, now_ms: int) -> None:
+        self._finish_outbox(item_id, fence, now_ms, {"status": "failed", "error": reason})
+
+    def _finish_outbox(self, item_id: str, fence: Fence, now_ms: int, change: dict) -> None:
+        ref = self._doc(OUTBOX, item_id)
+
+        def body(tx):
+            (item,) = tx_read(self._db, tx, ref)
+            if item is None:
+                raise NotFound(f"outbox item {item_id} does not exist")
+            (lease,) = tx_read(self._db, tx, self._doc(LEASES, item["accountId"]))
+            check_fence(lease, fence, item["accountId"])
+            if item.get("claimEpoch") != fence.epoch or item.get("claimedBy") != fence.holder:
+                raise StaleFence(f"outbox item {item_id} was claimed by "
+                                 f"{item.get('claimedBy')}@{item.get('claimEpoch')}, not {fence.holder}@{fence.epoch}")
+            tx.update(ref, {**change, "updatedAt": ms_to_dt(now_ms)})
+
+        run_tx(self._db, body)
+
+    @store_errors
+    def get_outbox(self, item_id: str) -> Optional[OutboxItem]:
+        snap = self._doc(OUTBOX, item_id).get(**self._read)
+        return outbox_item(snap.to_dict()) if snap.exists else None
