@@ -1,0 +1,337 @@
+"""The Store contract: the same tests against SqliteStore and FirestoreStore (emulator)."""
+from __future__ import annotations
+
+import pytest
+
+from store_fixtures import T0, edit, msg, out, receipt, revoke
+from wasync.runtime.model import MessageStatus, MessageType, ReceiptKind, SyncSource, ThreadUpdate, thread_id
+from wasync.runtime.store.base import DryRunStore, Fence, OutboxItem, StaleFence
+from wasync.runtime.store.schema import SERVER_TIME, BadCursor, Increment
+
+NOW = T0 + 60_000
+CHAT = "15552223333@s.whatsapp.net"
+TID = thread_id("acct1", CHAT)
+
+
+@pytest.fixture(params=["sqlite", "firestore"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        from wasync.runtime.store.sqlite import SqliteStore
+
+        s = SqliteStore(tmp_path / "store.db")
+    else:
+        from wasync.runtime.store.firestore import FirestoreStore
+
+        s = FirestoreStore(project=request.getfixturevalue("firestore_project"))
+    yield s
+    s.close()
+
+
+def stored(store, id, chat=CHAT, account="acct1"):
+    return store.get_message(account, chat, id)
+
+
+# --- messages ---------------------------------------------------------------------
+
+
+def test_reingest_never_duplicates(store):
+    m = msg(id="A1", body="hello")
+    store.upsert_messages([m, m], NOW)
+    store.upsert_messages([m.with_(sync_source=SyncSource.HISTORY_SYNC)], NOW + 1)
+    page = store.list_messages("acct1", TID)
+    assert [d["id"] for d in page.items] == ["A1"]
+    doc = page.items[0]
+    assert doc["body"] == "hello" and doc["waMessageId"] == "A1" and doc["direction"] == "inbound"
+    assert doc["syncSource"] == "realtime"  # the first source is kept
+    assert doc["tsClientMs"] == T0 and doc["tsClient"] == "2025-11-23T12:13:20.000Z"
+
+
+def test_later_copy_never_erases_fields_or_regresses_status(store):
+    store.upsert_messages([out("B1", status=MessageStatus.SENT)], NOW)
+    store.apply_receipts([receipt(["B1"], ReceiptKind.DELIVERED, ts=T0 + 1000)], NOW)
+    store.apply_receipts([receipt(["B1"], ReceiptKind.READ, ts=T0 + 2000)], NOW)
+    # a history copy that knows less: older status, no media fields, no push name
+    store.upsert_messages([out("B1", status=MessageStatus.DELIVERED, source=SyncSource.HISTORY_SYNC,
+                               push_name=None)], NOW + 5)
+    doc = stored(store, "B1")
+    assert doc["status"] == "read"
+    assert doc["deliveredAt"] == "2025-11-23T12:13:21.000Z"
+    assert doc["readAt"] == "2025-11-23T12:13:22.000Z"
+
+
+def test_receipts_in_any_order_end_at_the_furthest_status(store):
+    store.upsert_messages([out("C1")], NOW)
+    for kind in (ReceiptKind.PLAYED, ReceiptKind.DELIVERED, ReceiptKind.READ):
+        store.apply_receipts([receipt(["C1"], kind)], NOW)
+    assert stored(store, "C1")["status"] == "played"
+
+
+def test_receipts_that_move_nothing_are_ignored(store):
+    store.upsert_messages([out("C2")], NOW)
+    for kind in (ReceiptKind.RETRY, ReceiptKind.SENDER, ReceiptKind.SERVER_ERROR, ReceiptKind.INACTIVE,
+                 ReceiptKind.PEER, ReceiptKind.HISTORY_SYNC, ReceiptKind.OTHER):
+        store.apply_receipts([receipt(["C2"], kind)], NOW)
+    assert stored(store, "C2")["status"] == "sent"
+
+
+def test_receipt_before_message_is_kept_without_a_ghost(store):
+    result = store.apply_receipts([receipt(["D1"], ReceiptKind.READ, ts=T0 + 3000)], NOW)
+    assert result.pending == 1 and result.applied == 0
+    assert stored(store, "D1") is None
+    assert store.list_messages("acct1", TID).items == []
+    store.upsert_messages([out("D1", status=MessageStatus.SENT)], NOW)
+    doc = stored(store, "D1")
+    assert doc["status"] == "read" and doc["readAt"] == "2025-11-23T12:13:23.000Z"
+    # applied once: a replay of the message does not bring the patch back
+    store.upsert_messages([out("D1", status=MessageStatus.SENT)], NOW)
+    assert stored(store, "D1")["status"] == "read"
+
+
+def test_edit_replaces_text_and_survives_older_copies(store):
+    store.upsert_messages([msg(id="E1", body="original")], NOW)
+    store.apply_edits([edit("E1", "fixed")], NOW)
+    store.upsert_messages([msg(id="E1", body="original", source=SyncSource.HISTORY_SYNC)], NOW)
+    doc = stored(store, "E1")
+    assert doc["body"] == "fixed" and "editedAt" in doc
+
+
+def test_edit_before_message(store):
+    assert store.apply_edits([edit("E2", "fixed")], NOW).pending == 1
+    assert stored(store, "E2") is None
+    store.upsert_messages([msg(id="E2", body="original")], NOW)
+    assert stored(store, "E2")["body"] == "fixed"
+
+
+def test_revoke_sticks(store):
+    store.upsert_messages([msg(id="R1", body="oops")], NOW)
+    store.apply_revokes([revoke("R1")], NOW)
+    store.upsert_messages([msg(id="R1", body="oops")], NOW)
+    doc = stored(store, "R1")
+    assert doc["revoked"] is True and doc["revokedAt"]
+
+
+def test_media_and_group_fields(store):
+    group = "120363000000000001@g.us"
+    m = msg(id="G1", chat=group, body=None, message_type=MessageType.IMAGE, media_type="image",
+            media_mimetype="image/jpeg", caption="menu", sender_jid="15550009999@s.whatsapp.net",
+            push_name="Bob", quoted_message_id="Q1")
+    store.upsert_messages([m], NOW)
+    doc = store.get_message("acct1", group, "G1")
+    assert doc["messageType"] == "image" and doc["mediaMimetype"] == "image/jpeg" and doc["caption"] == "menu"
+    assert doc["senderJid"] == "15550009999@s.whatsapp.net" and doc["pushName"] == "Bob"
+    assert doc["isGroup"] is True
+    store.flush()
+    thread = store.get_thread(thread_id("acct1", group))
+    assert thread["isGroup"] is True and thread["lastMessagePreview"] == "menu"
+
+
+# --- threads ----------------------------------------------------------------------
+
+
+def test_thread_describes_newest_message_whatever_the_order(store):
+    newest = msg(id="N3", ts=T0 + 3000, body="x" * 150)
+    store.upsert_messages([newest], NOW)
+    store.upsert_messages([msg(id="N1", ts=T0 + 1000, body="old")], NOW)
+    store.upsert_messages([msg(id="N2", ts=T0 + 2000, body="older")], NOW)
+    store.update_threads([ThreadUpdate("acct1", CHAT, display_name="Alice")], NOW)
+    store.flush()
+    thread = store.get_thread(TID)
+    assert thread["lastMessageAtMs"] == T0 + 3000
+    assert thread["lastMessagePreview"] == "x" * 100
+    assert thread["lastMessageAt"] == "2025-11-23T12:13:23.000Z"
+    assert thread["displayName"] == "Alice" and thread["accountId"] == "acct1" and thread["clientJid"] == CHAT
+
+
+def test_list_threads_pages_newest_first(store):
+    chats = [f"1555000{i:04d}@s.whatsapp.net" for i in range(7)]
+    store.upsert_messages([msg(chat=c, ts=T0 + (i % 4) * 1000) for i, c in enumerate(chats)], NOW)
+    store.upsert_messages([msg(account="other", chat=chats[0], ts=T0 + 9999)], NOW)
+    store.flush()
+    seen, cursor = [], None
+    while True:
+        page = store.list_threads("acct1", limit=3, cursor=cursor)
+        seen += page.items
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert len(seen) == 7 and len({t["clientJid"] for t in seen}) == 7
+    keys = [(t["lastMessageAtMs"], thread_id("acct1", t["clientJid"])) for t in seen]
+    assert keys == sorted(keys, reverse=True)
+    with pytest.raises(BadCursor):
+        store.list_threads("acct1", cursor="not-a-cursor")
+
+
+def test_list_messages_pages_newest_first(store):
+    store.upsert_messages([msg(id=f"P{i:02d}", ts=T0 + (i // 2) * 1000) for i in range(11)], NOW)
+    ids, cursor = [], None
+    while True:
+        page = store.list_messages("acct1", TID, limit=4, cursor=cursor)
+        ids += [m["id"] for m in page.items]
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    expected = sorted((f"P{i:02d}" for i in range(11)), key=lambda i: ((int(i[1:]) // 2), i), reverse=True)
+    assert ids == expected
+    assert store.list_messages("someone-else", TID).items == []
+
+
+# --- accounts -----------------------------------------------------------------------
+
+
+def test_accounts_merge_increment_and_delete(store):
+    store.merge_account("acct1", {"status": "connecting", "historySyncCount": Increment(1)}, NOW)
+    store.merge_account("acct1", {"status": "connected", "historySyncCount": Increment(2),
+                                  "lastHistorySyncAt": SERVER_TIME,
+                                  "lastHistorySyncResult": {"saved": 3, "skipped": 0, "errors": 0,
+                                                            "total": 3, "dryRun": False}}, NOW)
+    doc = store.get_account("acct1")
+    assert doc["status"] == "connected" and doc["historySyncCount"] == 3
+    assert doc["lastHistorySyncResult"]["saved"] == 3 and doc["lastHistorySyncAt"]
+    assert doc["accountId"] == "acct1" and doc["updatedAt"]
+    assert [a["accountId"] for a in store.list_accounts()] == ["acct1"]
+    assert store.delete_account("acct1") is True
+    assert store.get_account("acct1") is None and store.delete_account("acct1") is False
+
+
+def test_fenced_account_write_rejects_stale_epoch(store):
+    first = store.acquire_lease("acct1", "i1", NOW, 1000)
+    store.merge_account("acct1", {"status": "connected"}, NOW, fence=Fence("i1", first.epoch))
+    second = store.acquire_lease("acct1", "i2", NOW + 2000, 1000)
+    with pytest.raises(StaleFence):
+        store.merge_account("acct1", {"status": "disconnected"}, NOW, fence=Fence("i1", first.epoch))
+    store.merge_account("acct1", {"status": "connected"}, NOW, fence=Fence("i2", second.epoch))
+    assert store.get_account("acct1")["status"] == "connected"
+
+
+# --- leases -------------------------------------------------------------------------
+
+
+def test_lease_lifecycle(store):
+    a = store.acquire_lease("acct1", "i1", NOW, 15_000)
+    assert (a.holder, a.epoch, a.expires_at_ms) == ("i1", 1, NOW + 15_000)
+    assert store.acquire_lease("acct1", "i2", NOW + 1000, 15_000) is None
+    again = store.acquire_lease("acct1", "i1", NOW + 1000, 15_000)
+    assert again.epoch == 1  # same holder: no new epoch
+    renewed = store.renew_lease("acct1", "i1", 1, NOW + 5000, 15_000)
+    assert renewed.expires_at_ms == NOW + 20_000
+    assert store.renew_lease("acct1", "i2", 1, NOW + 5000, 15_000) is None
+    assert store.acquire_lease("acct1", "i2", NOW + 19_999, 15_000) is None
+    taken = store.acquire_lease("acct1", "i2", NOW + 20_000, 15_000)
+    assert (taken.holder, taken.epoch) == ("i2", 2)
+    assert store.renew_lease("acct1", "i1", 1, NOW + 20_001, 15_000) is None
+    assert store.release_lease("acct1", "i1", 1) is False
+    assert store.release_lease("acct1", "i2", 2) is True
+    back = store.acquire_lease("acct1", "i1", NOW + 20_002, 15_000)  # at once, no expiry wait
+    assert (back.holder, back.epoch) == ("i1", 3)
+    assert store.get_lease("acct1") == back
+    assert [lease.account_id for lease in store.list_leases()] == ["acct1"]
+
+
+def test_released_lease_is_not_renewable(store):
+    lease = store.acquire_lease("acct1", "i1", NOW, 15_000)
+    store.release_lease("acct1", "i1", lease.epoch)
+    assert store.renew_lease("acct1", "i1", lease.epoch, NOW + 1, 15_000) is None
+    assert store.acquire_lease("acct1", "i1", NOW + 2, 15_000).epoch == lease.epoch + 1
+
+
+def test_instances(store):
+    store.heartbeat_instance("i1", NOW, T0, "0.1.0", 3)
+    store.heartbeat_instance("i1", NOW + 5000, T0, "0.1.0", 4)
+    [doc] = store.list_instances()
+    assert doc["heartbeatAtMs"] == NOW + 5000 and doc["accounts"] == 4 and doc["version"] == "0.1.0"
+    store.remove_instance("i1")
+    assert store.list_instances() == []
+
+
+# --- job locks ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("job, mirror", [("backfill", "autoBackfillLeaseHolder"),
+                                         ("recent_sync", "recentSyncLeaseHolder")])
+def test_job_lock_is_exclusive_and_mirrored(store, job, mirror):
+    lock = store.acquire_job_lock(job, "acct1", "i1", NOW, 60_000)
+    assert lock.owner == "i1" and lock.expires_at_ms == NOW + 60_000
+    assert store.get_account("acct1")[mirror] == "i1"
+    assert store.acquire_job_lock(job, "acct1", "i2", NOW + 1000, 60_000) is None
+    assert store.release_job_lock(job, "acct1", "i2") is False
+    taken = store.acquire_job_lock(job, "acct1", "i2", NOW + 60_000, 60_000)  # expired
+    assert taken.owner == "i2"
+    assert store.release_job_lock(job, "acct1", "i2") is True
+    assert store.get_account("acct1")[mirror] is None
+    assert store.acquire_job_lock(job, "acct1", "i1", NOW + 60_001, 60_000).owner == "i1"
+
+
+def test_job_lock_with_stale_fence(store):
+    lease = store.acquire_lease("acct1", "i1", NOW, 1000)
+    store.acquire_lease("acct1", "i2", NOW + 1000, 1000)
+    with pytest.raises(StaleFence):
+        store.acquire_job_lock("backfill", "acct1", "i1", NOW + 1000, 60_000, fence=Fence("i1", lease.epoch))
+
+
+# --- outbox ---------------------------------------------------------------------------
+
+
+def test_outbox_claim_complete_fail(store):
+    lease = store.acquire_lease("acct1", "i1", NOW, 15_000)
+    fence = Fence("i1", lease.epoch)
+    for n in range(3):
+        store.enqueue_outbox(OutboxItem(id=f"o{n}", account_id="acct1", to_jid=CHAT, text=f"t{n}",
+                                        created_at_ms=NOW + n))
+    dup = store.enqueue_outbox(OutboxItem(id="o0", account_id="acct1", to_jid=CHAT, text="changed",
+                                          created_at_ms=NOW))
+    assert dup.text == "t0"
+    claimed = store.claim_outbox("acct1", fence, NOW, limit=2)
+    assert [i.id for i in claimed] == ["o0", "o1"] and all(i.status == "sending" for i in claimed)
+    assert [i.id for i in store.claim_outbox("acct1", fence, NOW, limit=5)] == ["o2"]
+    assert store.claim_outbox("acct1", fence, NOW) == []  # nothing is claimed twice
+    store.complete_outbox("o0", fence, "3EB0SENT", NOW)
+    store.fail_outbox("o1", fence, "invalid recipient", NOW)
+    assert store.get_outbox("o0").status == "sent" and store.get_outbox("o0").wa_message_id == "3EB0SENT"
+    assert store.get_outbox("o1").status == "failed" and store.get_outbox("o1").error == "invalid recipient"
+    store.acquire_lease("acct1", "i2", NOW + 20_000, 15_000)
+    with pytest.raises(StaleFence):
+        store.complete_outbox("o2", fence, "3EB0LATE", NOW)
+    with pytest.raises(StaleFence):
+        store.claim_outbox("acct1", fence, NOW)
+    assert store.get_outbox("o2").status == "sending"
+
+
+# --- dry run --------------------------------------------------------------------------
+
+
+def test_dry_run_counts_and_writes_nothing(store):
+    dry = DryRunStore(store)
+    result = dry.upsert_messages([msg(id="X1"), msg(id="X2")], NOW)
+    dry.apply_receipts([receipt(["X1"])], NOW)
+    assert result.messages == 2 and dry.counts.messages == 2 and dry.counts.receipts == 1
+    assert store.list_messages("acct1", TID).items == []
+    assert dry.ping() is True  # everything else passes through
+
+
+def test_ping(store):
+    assert store.ping() is True
+
+
+def test_releasing_a_lock_does_not_bring_back_a_deleted_account(store):
+    store.acquire_job_lock("backfill", "gone", "i1", NOW, 60_000)
+    assert store.get_account("gone")["autoBackfillLeaseHolder"] == "i1"
+    store.delete_account("gone")
+    assert store.release_job_lock("backfill", "gone", "i1") is True
+    assert store.get_account("gone") is None
+
+
+def test_nested_results_come_back_json_safe(store):
+    from datetime import datetime, timezone
+
+    at = datetime(2025, 11, 23, 12, 0, tzinfo=timezone.utc)
+    store.merge_account("acct1", {"lastBackfillResult": {"threads": 1, "threadResults": [
+        {"threadId": TID, "messages": 3, "at": at}]}}, NOW)
+    result = store.get_account("acct1")["lastBackfillResult"]
+    assert result["threadResults"] == [{"threadId": TID, "messages": 3, "at": "2025-11-23T12:00:00.000Z"}]
+
+
+def test_cursor_with_a_non_integer_sort_value_is_refused(store):
+    from wasync.runtime.store.schema import encode_cursor
+
+    with pytest.raises(BadCursor):
+        store.list_messages("acct1", TID, cursor=encode_cursor("yesterday", "X"))
