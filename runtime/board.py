@@ -1,0 +1,70 @@
+"""The published state of a running daemon: actors write it, HTTP and metrics read it.
+Reads never wait for an actor or the store (DESIGN: read-only endpoints read snapshots)."""
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+from wasync.runtime.clock import Clock
+from wasync.runtime.control import Snapshot, StoreHealth
+from wasync.runtime.model import AccountState
+
+
+class Board:
+    def __init__(self, instance_id: str, store_name: str, clock: Clock):
+        self.instance_id = instance_id
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._accounts: dict[str, AccountState] = {}
+        self._realtime: dict[str, dict] = {}
+        self._store = StoreHealth(name=store_name, connected=True)
+        self._ready = False
+        self._spool = (0, None)
+
+    def publish_account(self, state: AccountState) -> None:
+        with self._lock:
+            self._accounts[state.account_id] = state
+
+    def drop_account(self, account_id: str) -> None:
+        with self._lock:
+            self._accounts.pop(account_id, None)
+            self._realtime.pop(account_id, None)
+
+    def publish_realtime(self, account_id: str, **fields) -> None:
+        with self._lock:
+            entry = self._realtime.setdefault(account_id, {"accountId": account_id})
+            entry.update({k: v for k, v in fields.items() if v is not None})
+
+    def store_ok(self) -> None:
+        now = self.clock.wall_ms()
+        with self._lock:
+            self._store = StoreHealth(self._store.name, True, checked_at_ms=now)
+
+    def store_failed(self, error: str) -> None:
+        now = self.clock.wall_ms()
+        with self._lock:
+            since = self._store.down_since_ms if not self._store.connected else now
+            self._store = StoreHealth(self._store.name, False, checked_at_ms=now, last_error=error,
+                                      down_since_ms=since)
+
+    def set_ready(self, ready: bool) -> None:
+        with self._lock:
+            self._ready = ready
+
+    def set_spool(self, depth: int, oldest_received_ms: Optional[int]) -> None:
+        with self._lock:
+            self._spool = (depth, oldest_received_ms)
+
+    def account(self, account_id: str) -> Optional[AccountState]:
+        with self._lock:
+            return self._accounts.get(account_id)
+
+    def snapshot(self) -> Snapshot:
+        now = self.clock.wall_ms()
+        with self._lock:
+            depth, oldest = self._spool
+            return Snapshot(
+                instance_id=self.instance_id, ready=self._ready, mode="active", store=self._store,
+                accounts=tuple(sorted(self._accounts.values(), key=lambda a: a.account_id)),
+                spool_depth=depth, spool_oldest_age_ms=None if oldest is None else max(0, now - oldest),
+                taken_at_ms=now, latest_realtime=tuple(dict(v) for v in self._realtime.values()))

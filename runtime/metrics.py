@@ -1,0 +1,122 @@
+"""Every Prometheus metric of the daemon, in one place.
+
+Each `Metrics` owns its own `CollectorRegistry`: tests start many daemons in one process,
+and the global registry would refuse the second registration of a name. The daemon
+creates one `Metrics`, hands it to whoever counts, and `/metrics` renders it.
+
+Counters and histograms are fed by the pipeline as things happen; the per-account and
+per-state gauges are set from the published `Snapshot` when `/metrics` is scraped
+(`update_from_snapshot`), so a scrape never asks an actor anything.
+"""
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from wasync.runtime.model import AccountStatus
+
+# The content type that matches what `generate_latest` writes (same pairing the
+# library's own exposition uses).
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Flushes are bounded at 500 operations (DESIGN: StoreWriterActor batches <= 500 ops).
+FLUSH_BATCH_BUCKETS = (1, 5, 10, 50, 100, 250, 500)
+FLUSH_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Callback -> spool is an fsync-free append; it must stay in the sub-millisecond range,
+# so the buckets are fine-grained at the low end.
+EVENT_TO_SPOOL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+# Event -> stored includes batching (~100 ms) and store latency; a store outage shows up
+# in the top buckets.
+EVENT_TO_STORE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    CONTENT_TYPE = CONTENT_TYPE
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+
+        # --- ingest -------------------------------------------------------------
+        self.messages_ingested = Counter(
+            "wasync_messages_ingested_total", "Messages handed to the store, by sync source and message type",
+            ("source", "type"), registry=r)
+        self.events = Counter(
+            "wasync_events_total", "Raw transport events spooled, by neonize event kind", ("kind",), registry=r)
+        self.message_class = Counter(
+            "wasync_messages_classified_total", "Message envelopes by class (real content or protocol)",
+            ("class",), registry=r)
+        self.receipts = Counter("wasync_receipts_total", "Receipts seen, by kind", ("kind",), registry=r)
+        self.ignored = Counter(
+            "wasync_events_ignored_total", "Events deliberately dropped, by reason", ("reason",), registry=r)
+        self.normalize_errors = Counter(
+            "wasync_normalize_errors_total", "Raw events that could not be normalized", registry=r)
+        self.quarantined = Counter(
+            "wasync_spool_quarantined_total", "Spool entries set aside after repeated failures", registry=r)
+
+        # --- spool and store ----------------------------------------------------
+        self.spool_depth = Gauge("wasync_spool_depth", "Spooled events not yet stored", registry=r)
+        self.spool_oldest_age = Gauge(
+            "wasync_spool_oldest_age_seconds", "Age of the oldest spooled event not yet stored", registry=r)
+        self.flush_batch = Histogram(
+            "wasync_store_flush_batch_size", "Operations per store flush", buckets=FLUSH_BATCH_BUCKETS, registry=r)
+        self.flush_seconds = Histogram(
+            "wasync_store_flush_seconds", "Duration of one store flush", buckets=FLUSH_SECONDS_BUCKETS, registry=r)
+        self.store_errors = Counter(
+            "wasync_store_errors_total", "Failed store operations, by operation", ("op",), registry=r)
+        self.store_up = Gauge("wasync_store_up", "1 when the store answered its last check", registry=r)
+        self.event_to_spool = Histogram(
+            "wasync_event_to_spool_seconds", "Transport callback to spool append",
+            buckets=EVENT_TO_SPOOL_BUCKETS, registry=r)
+        self.event_to_store = Histogram(
+            "wasync_event_to_store_seconds", "Transport callback to stored", buckets=EVENT_TO_STORE_BUCKETS, registry=r)
+
+        # --- sessions (set from snapshots) --------------------------------------
+        self.sessions = Gauge("wasync_sessions", "Accounts held by this instance, by status", ("state",), registry=r)
+        self.accounts = Gauge("wasync_accounts", "Accounts held by this instance", registry=r)
+        self.account_needs_repair = Gauge(
+            "wasync_account_needs_repair", "1 when the account must be re-paired by an operator",
+            ("account",), registry=r)
+        self.actor_failures = Counter(
+            "wasync_actor_failures_total", "Actor crashes reported to the supervisor, by actor kind",
+            ("actor",), registry=r)
+
+        # Pre-create the fixed label values so that rate()/absent() work from the
+        # first scrape instead of only after the first event of each kind.
+        for cls in ("real", "protocol"):
+            self.message_class.labels(cls)
+        for status in AccountStatus:
+            self.sessions.labels(status.value).set(0)
+
+        self._lock = threading.Lock()  # update_from_snapshot may run on several threads
+        self._repair_labels: set[str] = set()
+
+    def update_from_snapshot(self, snapshot) -> None:
+        """Set the state gauges from a published `Snapshot`. Accounts that left the
+        snapshot lose their `account_needs_repair` series (no stale series forever)."""
+        counts = {status.value: 0 for status in AccountStatus}
+        repair: dict[str, int] = {}
+        for account in snapshot.accounts:
+            status = getattr(account.status, "value", account.status)
+            counts[status] = counts.get(status, 0) + 1
+            needs = account.needs_repair or status == AccountStatus.NEEDS_REPAIR.value
+            repair[account.account_id] = 1 if needs else 0
+        with self._lock:
+            for state, count in counts.items():
+                self.sessions.labels(state).set(count)
+            self.accounts.set(len(snapshot.accounts))
+            for account_id in self._repair_labels - repair.keys():
+                self.account_needs_repair.remove(account_id)
+            for account_id, value in repair.items():
+                self.account_needs_repair.labels(account_id).set(value)
+            self._repair_labels = set(repair)
+            self.spool_depth.set(snapshot.spool_depth)
+            age_ms = snapshot.spool_oldest_age_ms
+            self.spool_oldest_age.set(0 if age_ms is None else age_ms / 1000)
+            self.store_up.set(1 if snapshot.store.connected else 0)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry (serve with CONTENT_TYPE)."""
+        return generate_latest(self.registry)
