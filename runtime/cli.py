@@ -1,9 +1,14 @@
 """`wasync` command line. Each command parses its own flags; this only dispatches."""
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import sys
 
 COMMANDS = {
+    "run": "run the daemon (HTTP on HOST:PORT; settings from the environment)",
+    "accounts": "add, list or remove accounts in the store (works without the daemon)",
     "config": "print the effective settings and where each came from",
     "sim": "run the simulated WhatsApp service (SIMULATOR.md)",
 }
@@ -11,8 +16,96 @@ COMMANDS = {
 
 def _usage() -> str:
     lines = ["usage: wasync COMMAND [options]", "", "commands:"]
-    lines += [f"  {name:8} {text}" for name, text in COMMANDS.items()]
+    lines += [f"  {name:9} {text}" for name, text in COMMANDS.items()]
     return "\n".join(lines)
+
+
+def setup_logging(level: str) -> None:
+    """Before anything imports neonize: its import calls logging.basicConfig, which is a
+    no-op once the root logger has a handler."""
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if level != "debug":
+        for noisy in ("neonize", "whatsmeow", "aiohttp.access"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _settings():
+    from wasync.runtime.config import ConfigError, load
+
+    try:
+        return load()
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"wasync: bad setting: {line}", file=sys.stderr)
+        return None
+
+
+def run(argv: list[str]) -> int:
+    argparse.ArgumentParser(prog="wasync run", description=COMMANDS["run"]).parse_args(argv)
+    settings = _settings()
+    if settings is None:
+        return 2
+    from wasync.runtime.config import ConfigError
+
+    try:
+        settings.require_serving()
+    except ConfigError as exc:
+        print(f"wasync: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    import asyncio
+
+    from wasync.runtime.daemon import Daemon, serve
+
+    daemon = Daemon(settings).start()
+    return asyncio.run(serve(daemon, settings))
+
+
+def accounts(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="wasync accounts", description=COMMANDS["accounts"])
+    sub = parser.add_subparsers(dest="action", required=True)
+    add = sub.add_parser("add", help="register an account (the daemon starts it within seconds)")
+    add.add_argument("account_id")
+    add.add_argument("--phone", help="the phone number of an already paired session (digits)")
+    sub.add_parser("list", help="print every account document as JSON lines")
+    remove = sub.add_parser("remove", help="forget an account (the daemon stops it within seconds)")
+    remove.add_argument("account_id")
+    args = parser.parse_args(argv)
+    settings = _settings()
+    if settings is None:
+        return 2
+    setup_logging("warning")
+    from wasync.runtime.accounts import BadAccount, account_fields, check_account_id, check_phone
+    from wasync.runtime.clock import Clock
+    from wasync.runtime.daemon import make_store
+
+    store = make_store(settings)
+    try:
+        if args.action == "list":
+            for doc in store.list_accounts():
+                print(json.dumps(doc, sort_keys=True))
+            return 0
+        try:
+            account_id = check_account_id(args.account_id)
+            phone = check_phone(args.phone) if args.action == "add" and args.phone else None
+        except BadAccount as exc:
+            print(f"wasync accounts: {exc}", file=sys.stderr)
+            return 2
+        if args.action == "add":
+            if store.get_account(account_id) is not None:
+                print(f"wasync accounts: {account_id} exists already", file=sys.stderr)
+                return 1
+            store.merge_account(account_id, account_fields(account_id, phone), Clock().wall_ms())
+            print(json.dumps(store.get_account(account_id), sort_keys=True))
+            return 0
+        if not store.delete_account(account_id):
+            print(f"wasync accounts: no account {account_id}", file=sys.stderr)
+            return 1
+        print(f"removed {account_id}")
+        return 0
+    finally:
+        store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
+    if command == "run":
+        return run(rest)
+    if command == "accounts":
+        return accounts(rest)
     if command == "config":
         from wasync.runtime.config import print_config
 

@@ -1,0 +1,173 @@
+"""StoreWriterActor: drains every account's ingest batches into the store.
+
+Batches from all accounts are merged and flushed together when 500 operations are
+waiting or ~100 ms after the first one arrived. Only after the store confirmed a flush
+are its spool rows marked done. A store error keeps everything (in memory and in the
+spool) and retries with capped exponential backoff: nothing is ever dropped.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import pykka
+
+from wasync.runtime.board import Board
+from wasync.runtime.clock import Clock
+from wasync.runtime.metrics import Metrics
+from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, ThreadUpdate
+from wasync.runtime.spool import Spool
+from wasync.runtime.store.schema import Increment
+
+log = logging.getLogger("wasync.writer")
+
+FLUSH_OPS = 500
+FLUSH_AFTER_S = 0.1
+RETRY_S = (0.2, 30.0)
+
+
+@dataclass
+class IngestBatch:
+    """What a run of spool rows of one account became."""
+
+    account_id: str
+    seqs: list[int] = field(default_factory=list)
+    received_ms: list[int] = field(default_factory=list)  # per message row: event -> store latency
+    messages: list[Message] = field(default_factory=list)
+    receipts: list[Receipt] = field(default_factory=list)
+    edits: list[MessageEdit] = field(default_factory=list)
+    revokes: list[MessageRevoke] = field(default_factory=list)
+    threads: list[ThreadUpdate] = field(default_factory=list)
+    account_fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ops(self) -> int:
+        return (len(self.messages) + len(self.receipts) + len(self.edits) + len(self.revokes) + len(self.threads)
+                + (1 if self.account_fields else 0))
+
+
+@dataclass(frozen=True)
+class _Flush:
+    pass
+
+
+def merge_account_fields(into: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Later values win, except counters, which add up."""
+    for key, value in fields.items():
+        old = into.get(key)
+        if isinstance(value, Increment) and isinstance(old, Increment):
+            into[key] = Increment(old.by + value.by)
+        else:
+            into[key] = value
+
+
+class StoreWriterActor(pykka.ThreadingActor):
+    def __init__(self, store, spool: Spool, board: Board, metrics: Metrics, clock: Clock):
+        super().__init__()
+        self.store, self.spool, self.board, self.metrics, self.clock = store, spool, board, metrics, clock
+        self._waiting: list[IngestBatch] = []
+        self._ops = 0
+        self._timer: Optional[threading.Timer] = None
+        self._retry_s = RETRY_S[0]
+        self._failing_since: Optional[float] = None
+
+    def on_receive(self, message):
+        try:
+            if isinstance(message, IngestBatch):
+                self._waiting.append(message)
+                self._ops += max(1, message.ops)
+                if self._ops >= FLUSH_OPS:
+                    self._flush()
+                elif self._timer is None:
+                    self._schedule(FLUSH_AFTER_S)
+            elif isinstance(message, _Flush):
+                self._timer = None
+                self._flush()
+            elif message == "drain":
+                return self._drain()
+            elif message == "pending":
+                return sum(len(b.seqs) for b in self._waiting)
+        except Exception:
+            # Never let the writer die: keep what waits, count, retry later.
+            log.exception("[realtime] writer: unexpected error; retrying")
+            self.metrics.actor_failures.labels(actor="writer").inc()
+            self._schedule(self._retry_s)
+
+    def on_stop(self):
+        if self._timer:
+            self._timer.cancel()
+
+    def _schedule(self, delay_s: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        ref = self.actor_ref
+        self._timer = threading.Timer(delay_s, lambda: ref.tell(_Flush()) if ref.is_alive() else None)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _drain(self) -> bool:
+        """Flush now (shutdown); True if nothing is left waiting."""
+        if self._waiting:
+            self._flush()
+        return not self._waiting
+
+    def _flush(self) -> None:
+        if not self._waiting:
+            return
+        batches, self._waiting, self._ops = self._waiting, [], 0
+        started = self.clock.monotonic_s()
+        now_ms = self.clock.wall_ms()
+        op = "messages"
+        try:
+            messages = [m for b in batches for m in b.messages]
+            for start in range(0, len(messages), FLUSH_OPS):
+                self.store.upsert_messages(messages[start:start + FLUSH_OPS], now_ms)
+            op = "receipts"
+            receipts = [r for b in batches for r in b.receipts]
+            if receipts:
+                self.store.apply_receipts(receipts, now_ms)
+            op = "edits"
+            edits = [e for b in batches for e in b.edits]
+            if edits:
+                self.store.apply_edits(edits, now_ms)
+            revokes = [r for b in batches for r in b.revokes]
+            if revokes:
+                self.store.apply_revokes(revokes, now_ms)
+            op = "threads"
+            threads = [t for b in batches for t in b.threads]
+            if threads:
+                self.store.update_threads(threads, now_ms)
+            op = "accounts"
+            fields: dict[str, dict] = {}
+            for b in batches:
+                if b.account_fields:
+                    merge_account_fields(fields.setdefault(b.account_id, {}), b.account_fields)
+            for account_id, account_fields in fields.items():
+                self.store.merge_account(account_id, account_fields, now_ms)
+        except Exception as exc:
+            self._waiting = batches + self._waiting
+            self._ops = sum(max(1, b.ops) for b in self._waiting)
+            self.metrics.store_errors.labels(op=op).inc()
+            self.board.store_failed(f"{type(exc).__name__}: {exc}")
+            if self._failing_since is None:
+                self._failing_since = started
+            log.warning("[realtime] store write failed (op=%s): %s; %d batches kept, retry in %.1fs",
+                        op, exc, len(self._waiting), self._retry_s)
+            self._schedule(self._retry_s)
+            self._retry_s = min(self._retry_s * 2, RETRY_S[1])
+            return
+        self.spool.done(s for b in batches for s in b.seqs)
+        elapsed = self.clock.monotonic_s() - started
+        done_ms = self.clock.wall_ms()
+        self.metrics.flush_seconds.observe(elapsed)
+        self.metrics.flush_batch.observe(sum(b.ops for b in batches))
+        for b in batches:
+            for received in b.received_ms:
+                self.metrics.event_to_store.observe(max(0, done_ms - received) / 1000)
+        self.board.store_ok()
+        if self._failing_since is not None:
+            log.info("[realtime] store writes recovered after %.1fs", started - self._failing_since)
+            self._failing_since = None
+        self._retry_s = RETRY_S[0]

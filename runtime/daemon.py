@@ -1,0 +1,206 @@
+"""The only place that picks concrete adapters and wires the daemon together.
+
+`wasync run`: settings → store (SQLite by default, Firestore with WASYNC_STORE) → spool →
+writer → supervisor (one AccountActor per account, each with a session from the chosen
+transport) → the aiohttp app. SIGTERM/SIGINT drain: stop sessions (no new events), let
+the actors and the writer empty the spool (at most 30 s), close the store, exit 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Optional
+
+from wasync.runtime.board import Board
+from wasync.runtime.clock import Clock
+from wasync.runtime.config import Settings
+from wasync.runtime.control import AccountExists, Snapshot, UnknownAccount
+from wasync.runtime.metrics import Metrics
+from wasync.runtime.spool import Spool
+from wasync.runtime.accounts import account_fields
+
+log = logging.getLogger("wasync.daemon")
+
+VERSION = "0.1.0"
+TICK_S = 2.0
+DRAIN_S = 30.0
+
+
+def make_store(settings: Settings):
+    if settings.store == "firestore":
+        from wasync.runtime.store.firestore import FirestoreStore
+
+        return FirestoreStore.from_settings(settings)
+    from wasync.runtime.store.sqlite import SqliteStore
+
+    return SqliteStore.from_settings(settings)
+
+
+def make_sessions(settings: Settings):
+    if settings.sim_address:
+        from wasync.runtime.transport.simulated import SimulatedTransport
+
+        return SimulatedTransport.from_settings(settings)
+    return UnavailableTransport("the neonize transport is not built yet (issue 6); "
+                                "use WASYNC_TRANSPORT=sim://host:port")
+
+
+class UnavailableTransport:
+    """Stands in for a transport this build lacks: every session fails to start with
+    the reason, which the account reports as its lastRealtimeError."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def open(self, account_id, phone, sink):
+        raise RuntimeError(self.reason)
+
+    def close(self) -> None:
+        pass
+
+
+class Daemon:
+    def __init__(self, settings: Settings, clock: Optional[Clock] = None):
+        self.settings = settings
+        self.clock = clock or Clock()
+        self.metrics = Metrics()
+        self.board = Board(settings.instance_id, settings.store, self.clock)
+        self._stop = threading.Event()
+        self._ticker: Optional[threading.Thread] = None
+
+    # --- life cycle --------------------------------------------------------------------
+
+    def start(self) -> "Daemon":
+        from wasync.actors.account import AccountActor
+        from wasync.actors.supervisor import SupervisorActor
+        from wasync.actors.writer import StoreWriterActor
+
+        s = self.settings
+        Path(s.data_dir).mkdir(parents=True, exist_ok=True)
+        self.store = make_store(s)
+        self.spool = Spool(Path(s.data_dir) / "spool.db", self.clock)
+        self.sessions = make_sessions(s)
+        self.writer = StoreWriterActor.start(self.store, self.spool, self.board, self.metrics, self.clock)
+        deps = dict(sessions=self.sessions, spool=self.spool, writer=self.writer, board=self.board,
+                    metrics=self.metrics, clock=self.clock, dry_run_history=s.history_sync_dry_run)
+
+        def make_child(account_id, phone, supervisor):
+            return AccountActor.start(account_id, phone, supervisor=supervisor, **deps)
+
+        self.supervisor = SupervisorActor.start(make_child, self._wanted_accounts, self.board, self.metrics,
+                                                s.max_starts_per_second)
+        left = self.spool.depth()
+        if left:
+            log.info("[realtime] spool holds %d events from an earlier run: replaying them first", left)
+        self.supervisor.tell("reconcile")
+        self._ticker = threading.Thread(target=self._tick_loop, name="daemon-ticker", daemon=True)
+        self._ticker.start()
+        self.board.set_ready(True)
+        log.info("[supervisor] wasync %s started instanceId=%s store=%s transport=%s",
+                 VERSION, s.instance_id, self.store.name, s.transport)
+        return self
+
+    def stop(self, drain_s: float = DRAIN_S) -> bool:
+        """Drain and close; True if the spool was emptied within `drain_s`."""
+        self.board.set_ready(False)
+        self._stop.set()
+        self.supervisor.ask("stop_sessions", timeout=30)
+        deadline = self.clock.monotonic_s() + drain_s
+        drained = False
+        while self.clock.monotonic_s() < deadline:
+            flushed = self.writer.ask("drain", timeout=30)
+            if flushed and self.spool.depth() == 0:
+                drained = True
+                break
+            self._stop.wait(0.1)
+        left = self.spool.depth()
+        log.info("[supervisor] shutting down: spool %s (%d events left for the next start)",
+                 "empty" if drained else "not empty", left)
+        self.supervisor.stop(timeout=60)
+        self.writer.stop(timeout=30)
+        for closer in (getattr(self.sessions, "close", None), self.store.close, self.spool.close):
+            if closer:
+                try:
+                    closer()
+                except Exception:
+                    log.exception("[supervisor] error while closing")
+        return drained
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(TICK_S):
+            try:
+                self.board.set_spool(self.spool.depth(), self.spool.oldest_received_ms())
+                if not self.board.snapshot().store.connected:
+                    if self.store.ping():
+                        self.board.store_ok()
+                    else:
+                        self.board.store_failed("ping failed")
+                self.supervisor.tell("reconcile")
+            except Exception:
+                log.exception("[supervisor] tick failed")
+
+    def _wanted_accounts(self) -> list[dict]:
+        try:
+            accounts = self.store.list_accounts()
+        except Exception as exc:
+            self.board.store_failed(f"{type(exc).__name__}: {exc}")
+            raise
+        return [a for a in accounts if not a.get("deleted")]
+
+    # --- DaemonControl -------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        return self.board.snapshot()
+
+    def list_accounts(self) -> list[dict]:
+        live = {a.account_id: a for a in self.board.snapshot().accounts}
+        out = []
+        for doc in self.store.list_accounts():
+            state = live.get(doc["accountId"])
+            if state is not None:
+                doc = {**doc, "status": state.status.value, "connected": state.connected}
+            out.append(doc)
+        return out
+
+    def add_account(self, account_id: str, phone: Optional[str]) -> dict:
+        if self.store.get_account(account_id) is not None:
+            raise AccountExists(account_id)
+        self.store.merge_account(account_id, account_fields(account_id, phone), self.clock.wall_ms())
+        self.supervisor.tell("reconcile")
+        log.info("[supervisor] accountId=%s added phone=%s", account_id, phone or "-")
+        return self.store.get_account(account_id)
+
+    def remove_account(self, account_id: str) -> None:
+        if not self.store.delete_account(account_id):
+            raise UnknownAccount(account_id)
+        self.supervisor.tell("reconcile")
+        log.info("[supervisor] accountId=%s removed", account_id)
+
+
+async def serve(daemon: Daemon, settings: Settings) -> int:
+    from aiohttp import web
+
+    from wasync.http.app import create_app
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(create_app(daemon, settings, daemon.metrics), handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        await runner.cleanup()
+        await loop.run_in_executor(None, daemon.stop)
+        return 1
+    log.info("[supervisor] listening on http://%s:%d", settings.host, settings.port)
+    await stop.wait()
+    log.info("[supervisor] signal received: draining")
+    await loop.run_in_executor(None, daemon.stop)
+    await runner.cleanup()
+    return 0
