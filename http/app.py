@@ -1,0 +1,210 @@
+"""The aiohttp application: factory, middlewares (request ids, JSON errors, auth) and
+what the route modules share (ApiError, app keys, the bridge to the daemon).
+
+Middleware order (outermost first): request id -> errors -> auth -> handler. The request
+id is outermost so that every response, errors included, carries X-Request-Id and every
+log line of the request names it; errors wraps auth so a refused request gets the same
+JSON error shape as any other.
+
+Authentication is deny-by-default: only the probe paths in PUBLIC_PATHS are open;
+everything else, including paths that match no route, needs `Authorization: Bearer
+<ADMIN_TOKEN>` (so probing unknown paths without the token learns nothing). When
+ADMIN_TOKEN is unset the admin routes are open: that is only acceptable because the
+daemon refuses to listen on a non-loopback HOST without a token
+(`Settings.require_serving`), and `create_app` re-checks it.
+"""
+from __future__ import annotations
+
+import contextvars
+import enum
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, Optional
+
+from aiohttp import web
+
+from wasync.runtime import bridge
+from wasync.runtime.config import ConfigError, Settings
+from wasync.runtime.control import DaemonControl
+from wasync.runtime.metrics import Metrics
+from wasync.runtime.store.base import StoreError
+
+log = logging.getLogger("wasync.http")
+
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/diag", "/metrics"})
+ADMIN_TIMEOUT_S = 5.0  # how long an admin request waits for the daemon
+MAX_BODY_BYTES = 64 * 1024  # admin bodies are tiny; refuse anything bigger early
+BRIDGE_WORKERS = 4
+
+CONTROL = web.AppKey("control", DaemonControl)
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+TIMEOUT_S = web.AppKey("admin_timeout_s", float)
+REQUEST_ID = web.RequestKey("request_id", str)
+
+# The current request's id, for log lines written anywhere below the middleware.
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("wasync_request_id", default="-")
+
+# Accept a caller's id only if it is short and harmless in a log line.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+_STATUS_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
+    500: "internal_error", 503: "unavailable", 504: "timeout",
+}
+
+
+class ApiError(Exception):
+    """An error the client should see as `{success: false, error: {code, message}}`."""
+
+    def __init__(self, status: int, code: str, message: str, headers: Optional[dict] = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def _json_default(value: Any) -> Any:
+    # Store documents are JSON-safe already; this only covers stray datetimes/enums.
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    return str(value)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, separators=(",", ":"))
+
+
+def json_response(body: Any, status: int = 200, headers: Optional[dict] = None) -> web.Response:
+    return web.json_response(body, status=status, headers=headers, dumps=dumps)
+
+
+def error_response(status: int, code: str, message: str, headers: Optional[dict] = None) -> web.Response:
+    body = {"success": False, "error": {"code": code, "message": message, "requestId": request_id_var.get()}}
+    return json_response(body, status=status, headers=headers)
+
+
+async def call_daemon(request: web.Request, fn, *args: Any) -> Any:
+    """Run a blocking DaemonControl method through the bridge (own executor, timeout)."""
+    app = request.app
+    return await bridge.ask(app[EXECUTOR], fn, *args, timeout_s=app[TIMEOUT_S])
+
+
+# --- middlewares -------------------------------------------------------------------
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler):
+    offered = request.headers.get("X-Request-Id", "")
+    rid = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+    token = request_id_var.set(rid)
+    request[REQUEST_ID] = rid
+    started = time.monotonic()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Request-Id"] = rid
+        return response
+    finally:
+        # Probes are scraped every few seconds: keep them out of the info log.
+        level = logging.DEBUG if request.path in PUBLIC_PATHS and status < 500 else logging.INFO
+        log.log(level, "[http] rid=%s method=%s path=%s status=%s durationMs=%d", rid, request.method,
+                request.path, status, (time.monotonic() - started) * 1000)
+        request_id_var.reset(token)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise  # redirects are not errors
+        # Keep meaningful headers (Allow on 405), drop the plain-text body's own.
+        headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+        code = _STATUS_CODES.get(exc.status, "http_error")
+        return error_response(exc.status, code, exc.reason or code, headers)
+    except bridge.BridgeTimeout as exc:
+        log.warning("[http] rid=%s daemon call timed out: %s", request_id_var.get(), exc)
+        return error_response(504, "timeout", f"the daemon did not answer within {exc.timeout_s:g}s",
+                              {"Retry-After": "5"})
+    except StoreError as exc:
+        # The store is down or refused: the client may retry later; details stay in the log.
+        log.warning("[http] rid=%s store error on %s %s: %s", request_id_var.get(), request.method, request.path, exc)
+        return error_response(503, "store_unavailable", "the store is unavailable; retry later", {"Retry-After": "5"})
+    except Exception:
+        # Full detail goes to the log (with the request id); the client gets the id only.
+        log.exception("[http] rid=%s unexpected error on %s %s", request_id_var.get(), request.method, request.path)
+        return error_response(500, "internal_error", "internal error; see the daemon log for this request id")
+
+
+def _auth_middleware(admin_token: Optional[str]):
+    expected = admin_token.encode() if admin_token else None
+
+    @web.middleware
+    async def auth_middleware(request: web.Request, handler):
+        if expected is None or request.path in PUBLIC_PATHS:
+            return await handler(request)
+        challenge = {"WWW-Authenticate": 'Bearer realm="wasync"'}
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise ApiError(401, "unauthorized", "missing bearer token", challenge)
+        # Constant-time compare: response timing must not leak how much of a guess matched.
+        if not hmac.compare_digest(presented.strip().encode(), expected):
+            raise ApiError(401, "unauthorized", "invalid token", challenge)
+        return await handler(request)
+
+    return auth_middleware
+
+
+# --- factory -------------------------------------------------------------------------
+
+
+def create_app(control: DaemonControl, settings: Settings, metrics: Metrics, *,
+               admin_timeout_s: float = ADMIN_TIMEOUT_S) -> web.Application:
+    if not settings.admin_token and not settings.host_is_loopback:
+        # Defence in depth: Settings.require_serving() already stops the daemon here.
+        raise ConfigError([f"ADMIN_TOKEN: not set, but HOST={settings.host!r} is not loopback"])
+    if not settings.admin_token:
+        log.warning("[http] ADMIN_TOKEN is not set: the admin API is open to anyone on this machine "
+                    "(HOST=%s is loopback)", settings.host)
+
+    app = web.Application(
+        middlewares=[request_id_middleware, error_middleware, _auth_middleware(settings.admin_token)],
+        client_max_size=MAX_BODY_BYTES)
+    app[CONTROL] = control
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[TIMEOUT_S] = float(admin_timeout_s)
+    # A bounded executor of our own: admin calls that hang keep their threads, and must
+    # not take the loop's default executor (DNS, file I/O) down with them.
+    app[EXECUTOR] = ThreadPoolExecutor(max_workers=BRIDGE_WORKERS, thread_name_prefix="wasync-http-bridge")
+
+    async def _shutdown_executor(app: web.Application) -> None:
+        app[EXECUTOR].shutdown(wait=False, cancel_futures=True)
+
+    app.on_cleanup.append(_shutdown_executor)
+
+    # Imported here, not at the top: the route modules import ApiError and the app keys
+    # from this module.
+    from wasync.http.routes import accounts, health, metrics as metrics_routes
+
+    health.setup(app)
+    metrics_routes.setup(app)
+    accounts.setup(app)
+    return app
