@@ -74,8 +74,23 @@ class AccountActor(pykka.ThreadingActor):
             if ref.is_alive():
                 ref.tell(Wake())
 
-        self.session = self.sessions.open(self.account_id, self.state.phone, sink)
-        self.session.start()
+        try:
+            self.session = self.sessions.open(self.account_id, self.state.phone, sink)
+            self.session.start()
+        except Exception as exc:
+            # pykka does not call on_failure for on_start: without this the account
+            # would sit there looking "connecting" and be silently deaf.
+            self._session_failed(f"session could not start: {type(exc).__name__}: {exc}")
+
+    def _session_failed(self, error: str) -> None:
+        log.error("[realtime] accountId=%s %s", self.account_id, error)
+        self.session = None
+        self.state = replace(self.state, status=m.AccountStatus.DISCONNECTED, connected=False)
+        self.writer.tell(IngestBatch(self.account_id, account_fields={
+            "status": m.AccountStatus.DISCONNECTED.value, "lastRealtimeError": error}))
+        self.board.publish_realtime(self.account_id, lastRealtimeError=error)
+        self._publish()
+        self._report(error)
 
     def on_stop(self) -> None:
         self._stop_session()

@@ -159,3 +159,29 @@ def test_history_dry_run_counts_and_writes_no_messages(sim, tmp_path):
     writer.stop()
     transport.close()
     store.close()
+
+
+def test_a_session_that_cannot_start_is_reported_not_silent(tmp_path, caplog):
+    from wasync.actors.supervisor import SupervisorActor
+    from wasync.runtime.daemon import UnavailableTransport
+
+    store = SqliteStore(tmp_path / "store.db")
+    spool = Spool(tmp_path / "spool.db")
+    board, metrics, clock = Board("i1", "sqlite", Clock()), Metrics(), Clock()
+    writer = StoreWriterActor.start(store, spool, board, metrics, clock)
+    transport = UnavailableTransport("no transport in this build")
+
+    def make_child(account_id, phone, supervisor):
+        return AccountActor.start(account_id, phone, sessions=transport, spool=spool, writer=writer, board=board,
+                                  metrics=metrics, clock=clock, dry_run_history=False, supervisor=supervisor)
+
+    supervisor = SupervisorActor.start(make_child, lambda: [{"accountId": "x1"}], board, metrics, 50.0)
+    supervisor.tell("reconcile")
+    wait_for(lambda: (store.get_account("x1") or {}).get("lastRealtimeError"), what="the error in the account doc")
+    doc = store.get_account("x1")
+    assert doc["status"] == "disconnected" and "no transport in this build" in doc["lastRealtimeError"]
+    assert board.account("x1").status.value == "disconnected"
+    wait_for(lambda: "[supervisor] accountId=x1 failed" in caplog.text, what="the supervisor heard of it")
+    supervisor.stop()
+    writer.stop()
+    store.close()
