@@ -26,6 +26,9 @@ log = logging.getLogger("wasync.writer")
 FLUSH_OPS = 500
 FLUSH_AFTER_S = 0.1
 RETRY_S = (0.2, 30.0)
+# How often the store is asked to write what it holds back (Firestore coalesces thread
+# documents): spool rows are done only after that, so a held thread update is never lost.
+STORE_FLUSH_S = 1.0
 
 
 @dataclass
@@ -53,6 +56,11 @@ class _Flush:
     pass
 
 
+@dataclass(frozen=True)
+class _StoreFlush:
+    pass
+
+
 def merge_account_fields(into: dict[str, Any], fields: dict[str, Any]) -> None:
     """Later values win, except counters, which add up."""
     for key, value in fields.items():
@@ -72,6 +80,11 @@ class StoreWriterActor(pykka.ThreadingActor):
         self._timer: Optional[threading.Timer] = None
         self._retry_s = RETRY_S[0]
         self._failing_since: Optional[float] = None
+        # Spool rows whose writes returned, but whose thread documents the store may still
+        # hold back: done only after the next `store.flush()` (at most every STORE_FLUSH_S).
+        self._unflushed: list[int] = []
+        self._store_timer: Optional[threading.Timer] = None
+        self._store_flushed_at: Optional[float] = None
 
     def on_receive(self, message):
         try:
@@ -85,6 +98,9 @@ class StoreWriterActor(pykka.ThreadingActor):
             elif isinstance(message, _Flush):
                 self._timer = None
                 self._flush()
+            elif isinstance(message, _StoreFlush):
+                self._store_timer = None
+                self._flush_store()
             elif message == "drain":
                 return self._drain()
             elif message == "pending":
@@ -98,6 +114,8 @@ class StoreWriterActor(pykka.ThreadingActor):
     def on_stop(self):
         if self._timer:
             self._timer.cancel()
+        if self._store_timer:
+            self._store_timer.cancel()
 
     def _schedule(self, delay_s: float) -> None:
         if self._timer is not None:
@@ -111,7 +129,44 @@ class StoreWriterActor(pykka.ThreadingActor):
         """Flush now (shutdown); True if nothing is left waiting."""
         if self._waiting:
             self._flush()
-        return not self._waiting
+        if not self._waiting:
+            self._flush_store()
+        return not self._waiting and not self._unflushed
+
+    def _flush_store_soon(self) -> None:
+        if self._store_timer is not None:
+            return
+        now = self.clock.monotonic_s()
+        since = None if self._store_flushed_at is None else now - self._store_flushed_at
+        if since is None or since >= STORE_FLUSH_S:
+            self._flush_store()
+        else:
+            self._schedule_store_flush(STORE_FLUSH_S - since)
+
+    def _schedule_store_flush(self, delay_s: float) -> None:
+        if self._store_timer is not None:
+            self._store_timer.cancel()
+        ref = self.actor_ref
+        self._store_timer = threading.Timer(delay_s, lambda: ref.tell(_StoreFlush()) if ref.is_alive() else None)
+        self._store_timer.daemon = True
+        self._store_timer.start()
+
+    def _flush_store(self) -> None:
+        """Have the store write what it holds back, then release the spool rows."""
+        if not self._unflushed:
+            return
+        try:
+            self.store.flush()
+        except Exception as exc:
+            self.metrics.store_errors.labels(op="threads").inc()
+            self.board.store_failed(f"{type(exc).__name__}: {exc}")
+            log.warning("[realtime] store flush failed: %s; %d events kept, retry in %.1fs",
+                        exc, len(self._unflushed), self._retry_s)
+            self._schedule_store_flush(self._retry_s)
+            return
+        self._store_flushed_at = self.clock.monotonic_s()
+        seqs, self._unflushed = self._unflushed, []
+        self.spool.done(seqs)
 
     def _flush(self) -> None:
         if not self._waiting:
@@ -124,21 +179,15 @@ class StoreWriterActor(pykka.ThreadingActor):
             messages = [m for b in batches for m in b.messages]
             for start in range(0, len(messages), FLUSH_OPS):
                 self.store.upsert_messages(messages[start:start + FLUSH_OPS], now_ms)
-            op = "receipts"
-            receipts = [r for b in batches for r in b.receipts]
-            if receipts:
-                self.store.apply_receipts(receipts, now_ms)
-            op = "edits"
-            edits = [e for b in batches for e in b.edits]
-            if edits:
-                self.store.apply_edits(edits, now_ms)
-            revokes = [r for b in batches for r in b.revokes]
-            if revokes:
-                self.store.apply_revokes(revokes, now_ms)
-            op = "threads"
-            threads = [t for b in batches for t in b.threads]
-            if threads:
-                self.store.update_threads(threads, now_ms)
+            # Receipts, edits and revokes after the messages they may point at (a patch
+            # for a message not stored yet is kept by the store, so order is a courtesy).
+            for op, attr, apply in (("receipts", "receipts", self.store.apply_receipts),
+                                    ("edits", "edits", self.store.apply_edits),
+                                    ("revokes", "revokes", self.store.apply_revokes),
+                                    ("threads", "threads", self.store.update_threads)):
+                items = [item for b in batches for item in getattr(b, attr)]
+                if items:
+                    apply(items, now_ms)
             op = "accounts"
             fields: dict[str, dict] = {}
             for b in batches:
@@ -158,7 +207,7 @@ class StoreWriterActor(pykka.ThreadingActor):
             self._schedule(self._retry_s)
             self._retry_s = min(self._retry_s * 2, RETRY_S[1])
             return
-        self.spool.done(s for b in batches for s in b.seqs)
+        self._unflushed.extend(s for b in batches for s in b.seqs)
         elapsed = self.clock.monotonic_s() - started
         done_ms = self.clock.wall_ms()
         self.metrics.flush_seconds.observe(elapsed)
@@ -171,3 +220,4 @@ class StoreWriterActor(pykka.ThreadingActor):
             log.info("[realtime] store writes recovered after %.1fs", started - self._failing_since)
             self._failing_since = None
         self._retry_s = RETRY_S[0]
+        self._flush_store_soon()

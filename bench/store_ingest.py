@@ -71,7 +71,8 @@ def rate(count: int, seconds: float) -> float:
 
 
 def bench_sqlite(messages: list[Message], workdir: Path) -> dict:
-    from wasync.runtime.store.sqlite import SqliteStore, _encode
+    from wasync.runtime.store.sqlite import SqliteStore
+    from wasync.runtime.store.sqlite_codec import encode
 
     store = SqliteStore(workdir / "ours.db")
     start = time.perf_counter()
@@ -81,7 +82,7 @@ def bench_sqlite(messages: list[Message], workdir: Path) -> dict:
     store.close()
     log(f"sqlite ours        {ours:10.0f} msgs/s")
 
-    rows = [(t, i, "bench", d["tsClientMs"], _encode(d)) for t, i, d in plain_docs(messages)]
+    rows = [(t, i, "bench", d["tsClientMs"], encode(d)) for t, i, d in plain_docs(messages)]
     raw = _sqlite_raw(workdir / "raw.db", rows, BATCH)
     log(f"sqlite raw         {raw:10.0f} msgs/s")
     one = _sqlite_raw(workdir / "one.db", rows, 1)

@@ -100,6 +100,28 @@ def test_writer_keeps_rows_through_a_store_failure_and_flushes_after(tmp_path):
 # --- account actor ------------------------------------------------------------------------
 
 
+class Parts:
+    """One account's real surroundings: store, spool, board, metrics, writer, transport."""
+
+    def __init__(self, tmp_path, sim_port=None):
+        self.store = SqliteStore(tmp_path / "store.db")
+        self.spool = Spool(tmp_path / "spool.db")
+        self.board, self.metrics, self.clock = Board("i1", "sqlite", Clock()), Metrics(), Clock()
+        self.writer = StoreWriterActor.start(self.store, self.spool, self.board, self.metrics, self.clock)
+        self.transport = SimulatedTransport("127.0.0.1", sim_port, tmp_path / "sessions") if sim_port else None
+
+    def account(self, account_id, phone, *, dry_run=False, sessions=None, supervisor=None):
+        return AccountActor.start(account_id, phone, sessions=sessions or self.transport, spool=self.spool,
+                                  writer=self.writer, board=self.board, metrics=self.metrics, clock=self.clock,
+                                  dry_run_history=dry_run, supervisor=supervisor)
+
+    def close(self):
+        pykka.ActorRegistry.stop_all(timeout=20)
+        if self.transport:
+            self.transport.close()
+        self.store.close()
+
+
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
     world = {"seed": 1, "accounts": [{"phone": PHONE, "initialSyncPerChat": 5, "chats": [
@@ -110,18 +132,14 @@ def sim(tmp_path_factory):
 
 
 def test_account_replays_left_rows_first_and_quarantines_garbage(sim, tmp_path):
-    store = SqliteStore(tmp_path / "store.db")
-    spool = Spool(tmp_path / "spool.db")
-    board, metrics, clock = Board("i1", "sqlite", Clock()), Metrics(), Clock()
+    parts = Parts(tmp_path, sim.port)
+    store, spool, metrics = parts.store, parts.spool, parts.metrics
     # what an earlier life left behind: one good live message, one unreadable event
     left = WorldMessage(id="L1", from_me=False, ts=1763900100, type="text", text="from before the crash")
     kind, raw = pb.wire(pb.message_event(PHONE, ALICE, left))
     spool.append("a1", kind, raw)
     bad = spool.append("a1", "Message", b"\xff\xfe not a protobuf")
-    transport = SimulatedTransport("127.0.0.1", sim.port, tmp_path / "sessions")
-    writer = StoreWriterActor.start(store, spool, board, metrics, clock)
-    actor = AccountActor.start("a1", PHONE, sessions=transport, spool=spool, writer=writer, board=board,
-                               metrics=metrics, clock=clock, dry_run_history=False)
+    actor = parts.account("a1", PHONE)
     wait_for(lambda: store.get_message("a1", ALICE, "L1"), what="the replayed message")
     wait_for(lambda: store.get_message("a1", ALICE, "H1"), what="history after the replay")
     assert spool.quarantined("a1")[0][0] == bad
@@ -131,57 +149,42 @@ def test_account_replays_left_rows_first_and_quarantines_garbage(sim, tmp_path):
     assert state.connected and state.real_messages >= 1
     thread = store.get_thread(thread_id("a1", ALICE))
     assert thread["lastMessagePreview"] == "from before the crash"
-    actor.stop()
-    writer.stop()
-    transport.close()
-    store.close()
+    parts.close()
 
 
 def test_history_dry_run_counts_and_writes_no_messages(sim, tmp_path):
     # The history chunk is put in the spool directly, as if the transport had just taken it.
-    store = SqliteStore(tmp_path / "store.db")
-    spool = Spool(tmp_path / "spool.db")
-    board, metrics, clock = Board("i1", "sqlite", Clock()), Metrics(), Clock()
+    parts = Parts(tmp_path, sim.port)
+    store, spool = parts.store, parts.spool
     history = pb.history_sync_event(PHONE, "RECENT", [(
         Chat(jid=ALICE, name="Alice", group=False, auto_receipts=True, messages=()),
         [WorldMessage(id="D1", from_me=False, ts=1763900000, type="text", text="dry")])])
     kind, raw = pb.wire(history)
     spool.append("a2", kind, raw)
-    transport = SimulatedTransport("127.0.0.1", sim.port, tmp_path / "sessions")
-    writer = StoreWriterActor.start(store, spool, board, metrics, clock)
-    actor = AccountActor.start("a2", None, sessions=transport, spool=spool, writer=writer, board=board,
-                               metrics=metrics, clock=clock, dry_run_history=True)
+    parts.account("a2", None, dry_run=True)
     wait_for(lambda: (store.get_account("a2") or {}).get("lastHistorySyncResult"), what="history result")
     result = store.get_account("a2")["lastHistorySyncResult"]
     assert result == {"saved": 0, "skipped": 0, "errors": 0, "total": 1, "dryRun": True}
     assert store.get_message("a2", ALICE, "D1") is None
-    actor.stop()
-    writer.stop()
-    transport.close()
-    store.close()
+    parts.close()
 
 
 def test_a_session_that_cannot_start_is_reported_not_silent(tmp_path, caplog):
     from wasync.actors.supervisor import SupervisorActor
     from wasync.runtime.daemon import UnavailableTransport
 
-    store = SqliteStore(tmp_path / "store.db")
-    spool = Spool(tmp_path / "spool.db")
-    board, metrics, clock = Board("i1", "sqlite", Clock()), Metrics(), Clock()
-    writer = StoreWriterActor.start(store, spool, board, metrics, clock)
+    parts = Parts(tmp_path)
+    store, board = parts.store, parts.board
     transport = UnavailableTransport("no transport in this build")
 
     def make_child(account_id, phone, supervisor):
-        return AccountActor.start(account_id, phone, sessions=transport, spool=spool, writer=writer, board=board,
-                                  metrics=metrics, clock=clock, dry_run_history=False, supervisor=supervisor)
+        return parts.account(account_id, phone, sessions=transport, supervisor=supervisor)
 
-    supervisor = SupervisorActor.start(make_child, lambda: [{"accountId": "x1"}], board, metrics, 50.0)
+    supervisor = SupervisorActor.start(make_child, lambda: [{"accountId": "x1"}], board, parts.metrics, 50.0)
     supervisor.tell("reconcile")
     wait_for(lambda: (store.get_account("x1") or {}).get("lastRealtimeError"), what="the error in the account doc")
     doc = store.get_account("x1")
     assert doc["status"] == "disconnected" and "no transport in this build" in doc["lastRealtimeError"]
     assert board.account("x1").status.value == "disconnected"
     wait_for(lambda: "[supervisor] accountId=x1 failed" in caplog.text, what="the supervisor heard of it")
-    supervisor.stop()
-    writer.stop()
-    store.close()
+    parts.close()

@@ -1,0 +1,190 @@
+"""SqliteStore's ownership half: leases with fencing epochs, instance heartbeats, job
+locks and the outbox. Each verb is one BEGIN IMMEDIATE transaction, so they hold across
+processes sharing the file. Mixed into SqliteStore (runtime/store/sqlite.py), whose
+plumbing (`_write`, `_conn`, account documents) it uses.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from wasync.runtime.store import schema
+from wasync.runtime.store.base import JOBS, Fence, JobLock, Lease, OutboxItem, StaleFence, StoreError
+from wasync.runtime.store.schema import ms_to_dt, to_api
+from wasync.runtime.store.sqlite_codec import decode, encode
+
+
+class SqliteOwnership:
+    # --- leases ------------------------------------------------------------------
+
+    @staticmethod
+    def _lease_row(conn, account_id: str) -> Optional[Lease]:
+        row = conn.execute("SELECT holder, epoch, expires_at_ms, renewed_at_ms FROM leases WHERE account_id = ?",
+                           (account_id,)).fetchone()
+        return Lease(account_id, *row) if row else None
+
+    def _check_fence(self, conn, account_id: str, fence: Fence) -> None:
+        lease = self._lease_row(conn, account_id)
+        if lease is None or lease.holder != fence.holder or lease.epoch != fence.epoch:
+            raise StaleFence(f"account {account_id}: fence {fence.holder}/{fence.epoch} is stale "
+                             f"(lease: {lease.holder + '/' + str(lease.epoch) if lease else 'none'})")
+
+    def _put_lease(self, conn, lease: Lease) -> Lease:
+        conn.execute(
+            "INSERT INTO leases (account_id, holder, epoch, expires_at_ms, renewed_at_ms) VALUES (?,?,?,?,?) "
+            "ON CONFLICT (account_id) DO UPDATE SET holder = excluded.holder, epoch = excluded.epoch, "
+            "expires_at_ms = excluded.expires_at_ms, renewed_at_ms = excluded.renewed_at_ms",
+            (lease.account_id, lease.holder, lease.epoch, lease.expires_at_ms, lease.renewed_at_ms),
+        )
+        return lease
+
+    def acquire_lease(self, account_id: str, holder: str, now_ms: int, ttl_ms: int) -> Optional[Lease]:
+        with self._write() as conn:
+            current = self._lease_row(conn, account_id)
+            if current is None:
+                epoch = 1
+            elif current.holder == holder and current.expires_at_ms > 0:
+                epoch = current.epoch  # still ours (even if it lapsed, nobody took it)
+            elif current.live(now_ms):
+                return None
+            else:
+                epoch = current.epoch + 1
+            return self._put_lease(conn, Lease(account_id, holder, epoch, now_ms + ttl_ms, now_ms))
+
+    def renew_lease(self, account_id: str, holder: str, epoch: int, now_ms: int, ttl_ms: int) -> Optional[Lease]:
+        with self._write() as conn:
+            current = self._lease_row(conn, account_id)
+            if current is None or current.holder != holder or current.epoch != epoch or current.expires_at_ms == 0:
+                return None
+            return self._put_lease(conn, Lease(account_id, holder, epoch, now_ms + ttl_ms, now_ms))
+
+    def release_lease(self, account_id: str, holder: str, epoch: int) -> bool:
+        # The row (and its epoch) stays, so the next holder gets epoch + 1.
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE leases SET expires_at_ms = 0 WHERE account_id = ? AND holder = ? AND epoch = ?",
+                (account_id, holder, epoch)).rowcount > 0
+
+    def get_lease(self, account_id: str) -> Optional[Lease]:
+        return self._lease_row(self._conn(), account_id)
+
+    def list_leases(self) -> list[Lease]:
+        rows = self._conn().execute(
+            "SELECT account_id, holder, epoch, expires_at_ms, renewed_at_ms FROM leases ORDER BY account_id")
+        return [Lease(*row) for row in rows]
+
+    def heartbeat_instance(self, instance_id: str, now_ms: int, started_at_ms: int, version: str,
+                           accounts: int) -> None:
+        doc = {"instanceId": instance_id, "startedAt": ms_to_dt(started_at_ms), "heartbeatAtMs": now_ms,
+               "version": version, "accounts": accounts}
+        with self._write() as conn:
+            conn.execute("INSERT INTO instances (instance_id, doc) VALUES (?, ?) "
+                         "ON CONFLICT (instance_id) DO UPDATE SET doc = excluded.doc", (instance_id, encode(doc)))
+
+    def list_instances(self) -> list[dict]:
+        rows = self._conn().execute("SELECT doc FROM instances ORDER BY instance_id")
+        return [to_api(decode(doc)) for (doc,) in rows]
+
+    def remove_instance(self, instance_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
+
+    # --- job locks ---------------------------------------------------------------
+
+    def acquire_job_lock(self, job: str, account_id: str, owner: str, now_ms: int, ttl_ms: int,
+                         fence: Optional[Fence] = None) -> Optional[JobLock]:
+        if job not in JOBS:
+            raise ValueError(f"unknown job {job!r}; expected one of {JOBS}")
+        with self._write() as conn:
+            if fence is not None:
+                self._check_fence(conn, account_id, fence)
+            row = conn.execute("SELECT owner, expires_at_ms, started_at_ms FROM job_locks "
+                               "WHERE job = ? AND account_id = ?", (job, account_id)).fetchone()
+            if row and row[0] != owner and row[1] > now_ms:
+                return None
+            started = row[2] if row and row[0] == owner and row[1] > now_ms else now_ms
+            lock = JobLock(job, account_id, owner, now_ms + ttl_ms, started)
+            conn.execute(
+                "INSERT INTO job_locks (job, account_id, owner, expires_at_ms, started_at_ms) VALUES (?,?,?,?,?) "
+                "ON CONFLICT (job, account_id) DO UPDATE SET owner = excluded.owner, "
+                "expires_at_ms = excluded.expires_at_ms, started_at_ms = excluded.started_at_ms",
+                (job, account_id, owner, lock.expires_at_ms, lock.started_at_ms))
+            self._mirror_lock(conn, job, account_id, lock)
+            return lock
+
+    def release_job_lock(self, job: str, account_id: str, owner: str) -> bool:
+        with self._write() as conn:
+            gone = conn.execute("DELETE FROM job_locks WHERE job = ? AND account_id = ? AND owner = ?",
+                                (job, account_id, owner)).rowcount > 0
+            if gone:
+                self._clear_lock_mirror(conn, job, account_id, owner)
+            return gone
+
+    def _mirror_lock(self, conn, job: str, account_id: str, lock: JobLock) -> None:
+        """Mirror a job lock into the account document (SPEC §2)."""
+        until, holder, acquired = schema.JOB_LOCK_MIRROR[job]
+        doc = self._account_doc(conn, account_id)
+        doc.update({until: ms_to_dt(lock.expires_at_ms), holder: lock.owner, acquired: ms_to_dt(lock.started_at_ms),
+                    "accountId": account_id})
+        self._put_account(conn, account_id, doc)
+
+    def _clear_lock_mirror(self, conn, job: str, account_id: str, owner: str) -> None:
+        """Only an account that still exists and still names this owner: a release must
+        not bring back an account deleted during a long backfill."""
+        until, holder, _ = schema.JOB_LOCK_MIRROR[job]
+        doc = self._account_doc(conn, account_id)
+        if doc.get(holder) == owner:
+            doc.update({until: None, holder: None})
+            self._put_account(conn, account_id, doc)
+
+    # --- outbox ------------------------------------------------------------------
+
+    def enqueue_outbox(self, item: OutboxItem) -> OutboxItem:
+        with self._write() as conn:
+            row = conn.execute("SELECT doc FROM outbox WHERE id = ?", (item.id,)).fetchone()
+            if row:
+                return schema.outbox_item(decode(row[0]))
+            conn.execute("INSERT INTO outbox (id, account_id, status, created_at_ms, doc) VALUES (?,?,?,?,?)",
+                         (item.id, item.account_id, item.status, item.created_at_ms, encode(schema.outbox_doc(item))))
+            return item
+
+    def get_outbox(self, item_id: str) -> Optional[OutboxItem]:
+        row = self._conn().execute("SELECT doc FROM outbox WHERE id = ?", (item_id,)).fetchone()
+        return schema.outbox_item(decode(row[0])) if row else None
+
+    def claim_outbox(self, account_id: str, fence: Fence, now_ms: int, limit: int = 10) -> list[OutboxItem]:
+        with self._write() as conn:
+            self._check_fence(conn, account_id, fence)
+            rows = conn.execute("SELECT doc FROM outbox WHERE account_id = ? AND status = 'queued' "
+                                "ORDER BY created_at_ms, id LIMIT ?", (account_id, limit)).fetchall()
+            claimed = []
+            for (doc,) in rows:
+                item = schema.outbox_item(decode(doc))
+                item = OutboxItem(**{**item.__dict__, "status": "sending", "attempts": item.attempts + 1,
+                                     "claimed_by": fence.holder, "claim_epoch": fence.epoch})
+                self._put_outbox(conn, item, now_ms)
+                claimed.append(item)
+            return claimed
+
+    def complete_outbox(self, item_id: str, fence: Fence, wa_message_id: str, now_ms: int) -> None:
+        self._finish_outbox(item_id, fence, now_ms, status="sent", wa_message_id=wa_message_id)
+
+    def fail_outbox(self, item_id: str, fence: Fence, reason: str, now_ms: int) -> None:
+        self._finish_outbox(item_id, fence, now_ms, status="failed", error=reason)
+
+    def _finish_outbox(self, item_id: str, fence: Fence, now_ms: int, **changes) -> None:
+        with self._write() as conn:
+            row = conn.execute("SELECT doc FROM outbox WHERE id = ?", (item_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"outbox item {item_id} does not exist")
+            item = schema.outbox_item(decode(row[0]))
+            self._check_fence(conn, item.account_id, fence)
+            if item.claim_epoch != fence.epoch or item.claimed_by != fence.holder:
+                raise StaleFence(f"outbox item {item_id} was claimed by {item.claimed_by}/{item.claim_epoch}, "
+                                 f"not {fence.holder}/{fence.epoch}")
+            self._put_outbox(conn, OutboxItem(**{**item.__dict__, **changes}), now_ms)
+
+    @staticmethod
+    def _put_outbox(conn, item: OutboxItem, now_ms: int) -> None:
+        doc = schema.outbox_doc(item)
+        doc["updatedAt"] = ms_to_dt(now_ms)
+        conn.execute("UPDATE outbox SET status = ?, doc = ? WHERE id = ?", (item.status, encode(doc), item.id))
