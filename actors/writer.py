@@ -155,16 +155,25 @@ class StoreWriterActor(pykka.ThreadingActor):
         """Have the store write what it holds back, then release the spool rows."""
         if not self._unflushed:
             return
+        started = self.clock.monotonic_s()
         try:
             self.store.flush()
         except Exception as exc:
             self.metrics.store_errors.labels(op="threads").inc()
             self.board.store_failed(f"{type(exc).__name__}: {exc}")
+            if self._failing_since is None:
+                self._failing_since = started
             log.warning("[realtime] store flush failed: %s; %d events kept, retry in %.1fs",
                         exc, len(self._unflushed), self._retry_s)
             self._schedule_store_flush(self._retry_s)
+            self._retry_s = min(self._retry_s * 2, RETRY_S[1])
             return
         self._store_flushed_at = self.clock.monotonic_s()
+        self._retry_s = RETRY_S[0]
+        if self._failing_since is not None:
+            self.board.store_ok()
+            log.info("[realtime] store writes recovered after %.1fs", started - self._failing_since)
+            self._failing_since = None
         seqs, self._unflushed = self._unflushed, []
         self.spool.done(seqs)
 
