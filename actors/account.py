@@ -15,7 +15,7 @@ from typing import Optional
 
 import pykka
 
-from wasync.actors.writer import IngestBatch
+from wasync.actors.writer import IngestBatch, merge_account_fields
 from wasync.runtime import model as m
 from wasync.runtime.board import Board
 from wasync.runtime.clock import Clock
@@ -204,8 +204,9 @@ class AccountActor(pykka.ThreadingActor):
             batch.threads.extend(event.threads)
             for msg in event.messages:
                 self.metrics.messages_ingested.labels(source=msg.sync_source.value, type=msg.message_type.value).inc()
-        batch.account_fields.update(lastHistorySyncAt=SERVER_TIME, historySyncCount=Increment(1),
-                                    lastHistorySyncResult=result)
+        # Merged, not update()d: several chunks drained in one wake-up each count.
+        merge_account_fields(batch.account_fields, dict(
+            lastHistorySyncAt=SERVER_TIME, historySyncCount=Increment(1), lastHistorySyncResult=result))
         log.info("[history-sync] accountId=%s type=%s chunk=%d messages=%d skipped=%d dryRun=%s",
                  self.account_id, event.sync_type.value, event.chunk_order, len(event.messages), event.skipped,
                  self.dry_run_history)
