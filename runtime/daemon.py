@@ -108,6 +108,7 @@ class Daemon:
         self.board.set_ready(False)
         self._stop.set()
         self.supervisor.ask("stop_sessions", timeout=30)
+        self._sessions_stopped(timeout_s=30)
         deadline = self.clock.monotonic_s() + drain_s
         drained = False
         while self.clock.monotonic_s() < deadline:
@@ -129,15 +130,44 @@ class Daemon:
                     log.exception("[supervisor] error while closing")
         return drained
 
+    def _sessions_stopped(self, timeout_s: float) -> None:
+        """Wait until every account actor has stopped its session. The supervisor only
+        *tells* them to; a session spools its last events (its `Disconnected`) as it
+        stops, so draining before that would leave them behind. An ask to each actor is
+        queued behind that message and answered once it has been handled."""
+        import pykka
+
+        from wasync.actors.account import AccountActor
+
+        futures = []
+        for ref in pykka.ActorRegistry.get_by_class(AccountActor):
+            try:
+                futures.append(ref.ask("session", block=False))
+            except pykka.ActorDeadError:
+                pass
+        deadline = self.clock.monotonic_s() + timeout_s
+        for future in futures:
+            try:
+                future.get(timeout=max(0.0, deadline - self.clock.monotonic_s()))
+            except pykka.Timeout:
+                log.warning("[supervisor] an account did not stop its session within %.0f s", timeout_s)
+                break
+            except pykka.ActorDeadError:
+                pass
+
     def _tick_loop(self) -> None:
         while not self._stop.wait(TICK_S):
             try:
                 self.board.set_spool(self.spool.depth(), self.spool.oldest_received_ms())
-                if not self.board.snapshot().store.connected:
-                    if self.store.ping():
+                # Pinged on every tick, not only once a write failed: a store that stops
+                # answering (network partition, frozen server) stalls the writer inside
+                # a call for its whole deadline (20 s for Firestore), and /diag must say
+                # so while it lasts. A ping is bounded (2 s).
+                if self.store.ping():
+                    if not self.board.snapshot().store.connected:
                         self.board.store_ok()
-                    else:
-                        self.board.store_failed("ping failed")
+                else:
+                    self.board.store_failed("ping failed")
                 self.supervisor.tell("reconcile")
             except Exception:
                 log.exception("[supervisor] tick failed")
