@@ -161,3 +161,19 @@ def test_qr_pairing_then_resume_without_pairing(sim, transport):
     resumed.logout()
     assert not (transport.sessions_path / "b1.sim.json").exists()
     resumed.stop()
+
+
+def test_more_sessions_than_an_http_connection_pool_holds(tmp_path):
+    # aiohttp pools 100 connections by default; websockets hold theirs for life.
+    phones = [f"1555{n:07d}" for n in range(120)]
+    world = {"seed": 5, "accounts": [{"phone": p, "initialSyncPerChat": 1, "chats": []} for p in phones]}
+    sim = SimProcess(world, tmp_path / "sim", speed=1).start()
+    transport = SimulatedTransport("127.0.0.1", sim.port, tmp_path / "sessions")
+    try:
+        sessions = [open_started(transport, Sink(f"a{n}"), account=f"a{n}", phone=p) for n, p in enumerate(phones)]
+        wait_for(lambda: all(s.connected for s in sessions), timeout_s=30, what="all 120 connected")
+        for s in sessions:
+            s.stop()
+    finally:
+        transport.close()
+        sim.stop()

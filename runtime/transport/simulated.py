@@ -47,6 +47,7 @@ class SimulatedTransport:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._http: Optional[aiohttp.ClientSession] = None
+        self._start_error: Optional[BaseException] = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -65,13 +66,30 @@ class SimulatedTransport:
                 self._thread = threading.Thread(target=self._run, args=(ready,), name="sim-transport", daemon=True)
                 self._thread.start()
                 ready.wait()
+                if self._start_error is not None:
+                    error, self._loop, self._start_error = self._start_error, None, None
+                    raise RuntimeError(f"the simulator transport could not start: {error}") from error
             return self._loop
 
     def _run(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self._loop)
-        self._http = aiohttp.ClientSession(loop=self._loop)
+        try:
+            self._http = self._loop.run_until_complete(self._open_http())
+        except BaseException as exc:
+            self._start_error = exc
+            ready.set()
+            return
         ready.set()
         self._loop.run_forever()
+
+    @staticmethod
+    async def _open_http() -> aiohttp.ClientSession:
+        # Each session's websocket holds a connection for its whole life: aiohttp's default
+        # pool of 100 would leave account 101 onward waiting in ws_connect forever.
+        # `connect` bounds the handshake, waiting for a connection included: a connect
+        # that cannot finish fails (and is retried with backoff) instead of hanging.
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                     timeout=aiohttp.ClientTimeout(total=None, connect=15))
 
     def http(self) -> aiohttp.ClientSession:
         return self._http
