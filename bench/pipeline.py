@@ -1,0 +1,796 @@
+"""Pipeline benchmark: simulated WhatsApp -> `wasync run` -> store, as real processes.
+
+Three figures, measured in one run, each phase with its own simulator (`wasync sim`) and
+daemon (`wasync run`, embedded SQLite store unless `--store firestore`):
+
+  ingest   history sync end to end. A world of accounts with a `generate` block and an
+           initialSyncPerChat that sends all of it (default 10 x 20 chats x 500 = 100,000
+           messages). Timed from the first admin API call that adds an account
+           (POST /api/whatsapp/accounts) until the store holds every history message
+           (counted in the store itself). Raw ceiling: the same number of messages
+           over as many chats, written with the store client's plain batched writes
+           (bench/store_ingest.py's functions) in the same run, chat by chat as history
+           sync delivers them (see `raw_ceiling`). Target: ingest / raw >= 0.8.
+  latency  realtime: 50 accounts x 2 msgs/s of simulator `traffic` for 30 s (speed 1),
+           the accounts' traffic starts staggered over one inter-message interval so
+           the 100 msgs/s arrive evenly rather than in bursts of 50. p99 of the daemon's
+           own histograms wasync_event_to_spool_seconds (transport callback -> spool
+           append) and wasync_event_to_store_seconds (spool append -> store flush done),
+           taken as the difference of two /metrics scrapes around the traffic and
+           *estimated from the buckets* by linear interpolation (Prometheus'
+           histogram_quantile). Targets: spool p99 <= 5 ms, store p99 <= 1 s.
+  rss      daemon VmRSS (/proc/PID/status) with 0 accounts just after start and with
+           500 small simulated accounts all connected and idle for a few seconds;
+           (rss500 - rss0) / 500. Target <= 2 MiB per account. If the accounts stop
+           connecting (nothing moves for `--stall` s) the phase fails: the RSS at that
+           point is logged, the figure is n/a (null) and the exit status is 1.
+
+Accounts start paced by WASYNC_MAX_STARTS_PER_SECOND (default 5/s: 100 s for 500
+accounts); the bench sets it to 100 (`--starts-per-second`) in every phase, so the
+ingest clock measures the pipeline and not the start pacing.
+
+Prints a table (figure, target, ratio); `--json` prints one JSON object with the keys
+ingest_msgs_per_s, raw_msgs_per_s, spool_p99_ms, store_p99_ms, rss_mib_per_account (null
+for a phase not run or failed) and nothing else on stdout. Progress goes to stderr. Exit
+status 1 if a phase failed. The default run takes about 2 minutes on 2 cores.
+
+Usage: python bench/pipeline.py [--only ingest|latency|rss] [--quick] [--json]
+       [--store sqlite|firestore] [--emulator HOST:PORT] [--ingest-accounts 10]
+       [--ingest-chats 20] [--ingest-messages-per-chat 500] [--latency-accounts 50]
+       [--latency-rate 2] [--latency-seconds 30] [--rss-accounts 500] [--keep]
+       [--starts-per-second 100] [--stall 30] [--timeout 180]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import store_ingest  # noqa: E402  (the raw ceilings: _sqlite_raw, plain_docs, make_messages)
+from daemonproc import DaemonProcess  # noqa: E402
+from simproc import SimProcess  # noqa: E402
+
+MiB = 1024 * 1024
+SPOOL_METRIC = "wasync_event_to_spool_seconds"
+STORE_METRIC = "wasync_event_to_store_seconds"
+TARGETS = {"ingest_ratio": 0.8, "spool_p99_ms": 5.0, "store_p99_ms": 1000.0, "rss_mib_per_account": 2.0}
+
+
+def log(*args) -> None:
+    print("[pipeline]", *args, file=sys.stderr, flush=True)
+
+
+def phone(i: int) -> str:
+    return f"1999{i:07d}"
+
+
+def account_id(i: int) -> str:
+    return f"bench{i:04d}"
+
+
+class PhaseTimeout(RuntimeError):
+    pass
+
+
+def poll(check: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.05,
+         progress: Optional[Callable[[float], None]] = None, progress_every_s: float = 2.0) -> Any:
+    """Call `check` until it returns something truthy; `progress(elapsed)` now and then."""
+    start = time.monotonic()
+    last = start
+    while True:
+        result = check()
+        if result:
+            return result
+        now = time.monotonic()
+        if now - start > timeout_s:
+            raise PhaseTimeout(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        if progress and now - last >= progress_every_s:
+            last = now
+            progress(now - start)
+        time.sleep(every_s)
+
+
+# --- /proc ---------------------------------------------------------------------------
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            out[key] = value.strip()
+    return out
+
+
+def rss_bytes(pid: int) -> int:
+    return int(proc_status(pid)["VmRSS"].split()[0]) * 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+# --- histograms from /metrics --------------------------------------------------------
+
+
+def scrape(daemon: DaemonProcess) -> dict[str, dict]:
+    """Every histogram and counter of the daemon's /metrics: name -> {"buckets":
+    [(le, cumulative)], "count", "sum"} for histograms, name -> {labels: value} otherwise."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = daemon.get("/metrics")
+    if status != 200:
+        raise RuntimeError(f"/metrics answered {status}")
+    text = body.decode() if isinstance(body, bytes) else str(body)
+    out: dict[str, dict] = {}
+    for family in text_string_to_metric_families(text):
+        if family.type == "histogram":
+            buckets, count, total = [], 0.0, 0.0
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    buckets.append((float(sample.labels["le"]), sample.value))
+                elif sample.name.endswith("_count"):
+                    count = sample.value
+                elif sample.name.endswith("_sum"):
+                    total = sample.value
+            out[family.name] = {"buckets": sorted(buckets), "count": count, "sum": total}
+        else:
+            out[family.name] = {tuple(sorted(s.labels.items())): s.value for s in family.samples
+                                if not s.name.endswith("_created")}
+    return out
+
+
+def hist_delta(after: dict, before: dict) -> dict:
+    old = dict(before["buckets"])
+    return {"buckets": [(le, c - old.get(le, 0.0)) for le, c in after["buckets"]],
+            "count": after["count"] - before["count"], "sum": after["sum"] - before["sum"]}
+
+
+def quantile(q: float, hist: dict) -> tuple[Optional[float], str]:
+    """histogram_quantile: linear interpolation inside the bucket that holds rank q*n
+    (the first bucket starts at 0). Returns (seconds, note); the note says when the rank
+    is in the +Inf bucket (then the value is only a lower bound)."""
+    buckets = hist["buckets"]
+    total = buckets[-1][1] if buckets else 0
+    if total <= 0:
+        return None, "no observations"
+    rank = q * total
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in buckets:
+        if c >= rank:
+            if math.isinf(le):
+                return prev_le, f"above the top bucket ({prev_le:g} s): lower bound"
+            if c == prev_c:
+                return le, ""
+            return prev_le + (le - prev_le) * (rank - prev_c) / (c - prev_c), \
+                f"bucket {prev_le:g}-{le:g} s"
+        prev_le, prev_c = le, c
+    return None, "no observations"
+
+
+def _ms(seconds: Optional[float]) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1000:.3f} ms"
+
+
+def hist_summary(hist: dict) -> str:
+    parts = []
+    prev = 0.0
+    for le, c in hist["buckets"]:
+        if c - prev:
+            parts.append(f"<={le:g}s:{int(c - prev)}")
+        prev = c
+    mean = hist["sum"] / hist["count"] if hist["count"] else float("nan")
+    return f"n={int(hist['count'])} mean={mean * 1000:.2f} ms  " + " ".join(parts)
+
+
+# --- the store, read from the bench process ------------------------------------------
+
+
+class StoreReader:
+    """Counts messages in the daemon's store (SQLite file or Firestore emulator)."""
+
+    def __init__(self, kind: str, data_dir: Path, project: Optional[str] = None):
+        self.kind = kind
+        self.data_dir = data_dir
+        self.project = project
+        self._conn: Optional[sqlite3.Connection] = None
+        self._db = None
+
+    def _sqlite(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = sqlite3.connect(self.data_dir / "wasync.db", isolation_level=None, timeout=30)
+            self._conn.execute("PRAGMA query_only=1")
+        return self._conn
+
+    def _firestore(self):
+        if self._db is None:
+            from google.cloud import firestore
+
+            self._db = firestore.Client(project=self.project)
+        return self._db
+
+    def messages(self, source: Optional[str] = None) -> int:
+        if self.kind == "sqlite":
+            if source is None:
+                return self._sqlite().execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+            return self._sqlite().execute("SELECT COUNT(*) FROM messages WHERE json_extract(doc, '$.syncSource') = ?",
+                                          (source,)).fetchone()[0]
+        from google.cloud import firestore
+
+        query = self._firestore().collection_group("messages")
+        if source is not None:
+            query = query.where(filter=firestore.FieldFilter("syncSource", "==", source))
+        return int(query.count().get()[0][0].value)
+
+    def live_latencies_ms(self) -> list[float]:
+        """SQLite only: createdAt (flush start, store time) - tsClientMs (the simulator's
+        clock when it made the message) of every realtime message: an end-to-end
+        cross-check that includes the simulator -> daemon hop the histograms miss."""
+        if self.kind != "sqlite":
+            return []
+        rows = self._sqlite().execute(
+            "SELECT json_extract(doc, '$.createdAt.\"$ts\"') - json_extract(doc, '$.tsClientMs') FROM messages "
+            "WHERE json_extract(doc, '$.syncSource') = 'realtime'").fetchall()
+        return [float(r[0]) for r in rows if r[0] is not None]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self._db is not None:
+            self._db.close()
+
+
+def spool_depth(data_dir: Path) -> int:
+    """Exact, read from the spool file (/diag's figure is refreshed only every 2 s)."""
+    path = data_dir / "spool.db"
+    if not path.exists():
+        return 0
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    finally:
+        conn.close()
+
+
+# --- one simulator + one daemon ------------------------------------------------------
+
+
+class Rig:
+    """A simulator with `world` and a daemon against it, in a fresh directory; both are
+    stopped on exit whatever happened (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, name: str, world: dict, args, emulator_host: Optional[str]):
+        self.name = name
+        self.world = world
+        self.args = args
+        self.emulator_host = emulator_host
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"wasync-bench-{name}-"))
+        self.project = f"bench-{name}-{time.time_ns()}" if args.store == "firestore" else None
+        self.sim: Optional[SimProcess] = None
+        self.daemon: Optional[DaemonProcess] = None
+        self.reader: Optional[StoreReader] = None
+        self.failed = False
+
+    def __enter__(self) -> "Rig":
+        try:
+            self.start()
+        except BaseException:
+            self.failed = True
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.failed = self.failed or exc_type is not None
+        self.close()
+
+    def start(self) -> None:
+        accounts = len(self.world["accounts"])
+        log(f"{self.name}: starting wasync sim ({accounts} accounts) in {self.workdir}")
+        started = time.monotonic()
+        self.sim = SimProcess(self.world, self.workdir / "sim", speed=1.0).start(timeout_s=180)
+        log(f"{self.name}: simulator up on port {self.sim.port} after {time.monotonic() - started:.1f} s")
+        env = {"WASYNC_TRANSPORT": self.sim.address,
+               "WASYNC_MAX_STARTS_PER_SECOND": str(self.args.starts_per_second),
+               "LOG_LEVEL": self.args.daemon_log_level}
+        if self.args.store == "firestore":
+            env.update(WASYNC_STORE="firestore", FIRESTORE_EMULATOR_HOST=self.emulator_host,
+                       GOOGLE_CLOUD_PROJECT=self.project)
+        self.daemon = DaemonProcess(self.workdir / "daemon", env).start(timeout_s=60)
+        self.data_dir = self.workdir / "daemon" / "data"
+        self.reader = StoreReader(self.args.store, self.data_dir, self.project)
+        log(f"{self.name}: wasync run up (pid {self.daemon.proc.pid}, port {self.daemon.port}, "
+            f"store {self.args.store}, WASYNC_MAX_STARTS_PER_SECOND={self.args.starts_per_second})")
+
+    def close(self) -> None:
+        if self.reader:
+            try:
+                self.reader.close()
+            except Exception as exc:  # noqa: BLE001 - cleanup must go on
+                log(f"{self.name}: closing the store reader: {exc}")
+        if self.daemon and self.daemon.proc and self.daemon.proc.poll() is None:
+            log(f"{self.name}: stopping the daemon (SIGTERM)")
+            try:
+                code = self.daemon.stop(timeout_s=60)
+                if code != 0:
+                    log(f"{self.name}: the daemon exited {code}; log tail:\n{self.daemon.tail(2000)}")
+            except AssertionError:
+                log(f"{self.name}: the daemon ignored SIGTERM for 60 s and was killed")
+                self.failed = True
+            except BaseException:
+                self.daemon.kill()
+                raise
+        if self.sim and self.sim.proc and self.sim.proc.poll() is None:
+            try:
+                self.sim.stop()
+            except BaseException:
+                if self.sim.proc.poll() is None:
+                    self.sim.proc.kill()
+                raise
+        if self.failed or self.args.keep:
+            log(f"{self.name}: logs kept in {self.workdir}")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # --- helpers ------------------------------------------------------------------
+
+    def add_accounts(self, phones: list[str], workers: int = 8) -> float:
+        """POST /api/whatsapp/accounts for each phone; returns the seconds it took."""
+        started = time.monotonic()
+        done = [0]
+
+        def add(i: int) -> None:
+            status, body = self.daemon.request("POST", "/api/whatsapp/accounts",
+                                               {"accountId": account_id(i), "phone": phones[i]})
+            if status != 201:
+                raise RuntimeError(f"adding {account_id(i)}: HTTP {status} {body}")
+            done[0] += 1
+            if len(phones) >= 100 and done[0] % 100 == 0:
+                log(f"{self.name}: {done[0]}/{len(phones)} accounts added")
+
+        with ThreadPoolExecutor(max_workers=min(workers, len(phones))) as pool:
+            list(pool.map(add, range(len(phones))))
+        return time.monotonic() - started
+
+    def connected(self) -> int:
+        status, body = self.daemon.get("/api/whatsapp/accounts")
+        if status != 200:
+            return 0
+        return sum(1 for a in body["accounts"] if a.get("connected"))
+
+    def cpu(self) -> tuple[float, float]:
+        return cpu_seconds(self.daemon.proc.pid), cpu_seconds(self.sim.proc.pid)
+
+
+# --- phase 1: history ingest ---------------------------------------------------------
+
+
+def ingest_world(args) -> tuple[dict, int]:
+    per_chat = min(args.ingest_sync_per_chat, args.ingest_messages_per_chat)
+    world = {"seed": 7, "accounts": [
+        {"phone": phone(i), "pushName": f"Bench {i}", "paired": True,
+         "initialSyncPerChat": args.ingest_sync_per_chat,
+         "generate": {"chats": args.ingest_chats, "messagesPerChat": args.ingest_messages_per_chat}}
+        for i in range(args.ingest_accounts)]}
+    return world, args.ingest_accounts * args.ingest_chats * per_chat
+
+
+def phase_ingest(args, emulator_host: Optional[str]) -> dict:
+    world, expected = ingest_world(args)
+    log(f"ingest: {args.ingest_accounts} accounts x {args.ingest_chats} chats x "
+        f"{min(args.ingest_sync_per_chat, args.ingest_messages_per_chat)} history messages = {expected}")
+    with Rig("ingest", world, args, emulator_host) as rig:
+        phones = [a["phone"] for a in world["accounts"]]
+        before = scrape(rig.daemon)
+        cpu0 = rig.cpu()
+        t0 = time.monotonic()
+        added_s = rig.add_accounts(phones)
+        log(f"ingest: {len(phones)} accounts added in {added_s:.2f} s; waiting for {expected} messages in the store")
+        first: list[float] = []
+        last_count = [0, t0]
+
+        def check() -> bool:
+            n = rig.reader.messages()
+            now = time.monotonic()
+            if n and not first:
+                first.append(now - t0)
+            if n != last_count[0]:
+                last_count[:] = [n, now]
+            elif now - last_count[1] > args.stall:
+                raise PhaseStalled(f"no progress for {args.stall:.0f} s at {n}/{expected} messages stored, "
+                                   f"spool depth {spool_depth(rig.data_dir)}")
+            return n >= expected
+
+        def progress(elapsed: float) -> None:
+            n = last_count[0]
+            log(f"ingest: {n}/{expected} stored after {elapsed:.1f} s ({n / elapsed:.0f} msgs/s so far), "
+                f"spool depth {spool_depth(rig.data_dir)}")
+
+        poll(check, args.timeout, f"{expected} messages in the store",
+             every_s=0.05 if args.store == "sqlite" else 0.5, progress=progress)
+        elapsed = time.monotonic() - t0
+        cpu1 = rig.cpu()
+        ours = expected / elapsed
+        stored = rig.reader.messages()
+        depth = poll(lambda: spool_depth(rig.data_dir) == 0 or None, 30, "an empty spool", every_s=0.1)
+        after = scrape(rig.daemon)
+        flush = hist_delta(after["wasync_store_flush_seconds"], before["wasync_store_flush_seconds"])
+        batch = hist_delta(after["wasync_store_flush_batch_size"], before["wasync_store_flush_batch_size"])
+        log(f"ingest: all {expected} history messages stored {elapsed:.2f} s after the first add "
+            f"({ours:.0f} msgs/s); first message stored at {first[0] if first else float('nan'):.2f} s; "
+            f"store now holds {stored}; spool empty: {bool(depth)}")
+        log(f"ingest: CPU during ingest: daemon {cpu1[0] - cpu0[0]:.1f} s, simulator {cpu1[1] - cpu0[1]:.1f} s "
+            f"over {elapsed:.1f} s wall ({os.cpu_count()} CPUs)")
+        if flush["count"]:
+            log(f"ingest: {int(flush['count'])} store flushes, {flush['sum']:.2f} s inside the store "
+                f"({flush['sum'] / elapsed * 100:.0f}% of the wall time), mean batch "
+                f"{batch['sum'] / max(1, batch['count']):.0f} ops")
+        result = {"ingest_msgs_per_s": ours, "messages": expected, "seconds": elapsed,
+                  "daemon_cpu_s": cpu1[0] - cpu0[0], "sim_cpu_s": cpu1[1] - cpu0[1],
+                  "store_flush_s": flush["sum"]}
+    result["raw_msgs_per_s"] = raw_ceiling(args, expected, args.ingest_accounts * args.ingest_chats, emulator_host)
+    result["ratio"] = result["ingest_msgs_per_s"] / result["raw_msgs_per_s"]
+    return result
+
+
+def _sqlite_encoder():
+    try:
+        from wasync.runtime.store.sqlite_codec import encode
+    except ImportError:  # before the SqliteStore split
+        from wasync.runtime.store.sqlite import _encode as encode
+    return encode
+
+
+def raw_ceiling(args, count: int, threads: int, emulator_host: Optional[str]) -> float:
+    """The same number of messages over as many chats, written with the store client's
+    plain batched writes (no read, no merge; documents encoded before the clock starts).
+
+    In the order history sync delivers them: chat by chat (a HistorySync chunk holds one
+    conversation's newest messages), which is what the daemon wrote. store_ingest.py's
+    order (message n in chat n % chats) puts every message of a 500-batch in a different
+    B-tree leaf: on SQLite that is ~10x slower and would make a poor ceiling; it is
+    measured too (stderr) to show the difference."""
+    log(f"ingest: raw ceiling: {count} messages over {threads} chats, plain batches of {store_ingest.BATCH}")
+    messages = store_ingest.make_messages(count, threads)
+    docs = store_ingest.plain_docs(messages)
+    chat_major = sorted(docs, key=lambda d: (d[0], d[2]["tsClientMs"]))
+    if args.store == "sqlite":
+        encode = _sqlite_encoder()
+        with tempfile.TemporaryDirectory(prefix="wasync-bench-raw-") as tmp:
+            rows = [(t, i, "bench", d["tsClientMs"], encode(d)) for t, i, d in chat_major]
+            raw = store_ingest._sqlite_raw(Path(tmp) / "raw.db", rows, store_ingest.BATCH)
+            if args.raw_interleaved:
+                rows = [(t, i, "bench", d["tsClientMs"], encode(d)) for t, i, d in docs]
+                mixed = store_ingest._sqlite_raw(Path(tmp) / "mixed.db", rows, store_ingest.BATCH)
+                log(f"ingest: raw, store_ingest.py's interleaved order (every message of a batch in "
+                    f"another chat): {mixed:.0f} msgs/s")
+    else:
+        raw = firestore_raw(chat_major, emulator_host)
+    log(f"ingest: raw ceiling (chat by chat) {raw:.0f} msgs/s")
+    return raw
+
+
+def firestore_raw(docs: list[tuple[str, str, dict]], emulator_host: str) -> float:
+    """As bench/store_ingest.py's Firestore raw: WriteBatch of 500 plain sets (after the
+    same warm-up of the emulator JVM)."""
+    from google.cloud import firestore
+
+    os.environ["FIRESTORE_EMULATOR_HOST"] = emulator_host
+    stamp = time.time_ns()
+    warm = firestore.Client(project=f"bench-warm-{stamp}")
+    for i in range(0, min(len(docs), 5_000), store_ingest.BATCH):
+        batch = warm.batch()
+        for t, mid, doc in docs[i:i + store_ingest.BATCH]:
+            batch.set(warm.collection("threads").document(t).collection("messages").document(mid), doc)
+        batch.commit()
+    db = firestore.Client(project=f"bench-raw-{stamp}")
+    refs = [db.collection("threads").document(t).collection("messages").document(i) for t, i, _ in docs]
+    start = time.perf_counter()
+    for i in range(0, len(docs), store_ingest.BATCH):
+        batch = db.batch()
+        for ref, (_, _, doc) in zip(refs[i:i + store_ingest.BATCH], docs[i:i + store_ingest.BATCH]):
+            batch.set(ref, doc)
+        batch.commit()
+    return store_ingest.rate(len(docs), time.perf_counter() - start)
+
+
+# --- phase 2: realtime latency -------------------------------------------------------
+
+
+def small_world(accounts: int, chats: int, per_chat: int) -> dict:
+    return {"seed": 11, "accounts": [
+        {"phone": phone(i), "paired": True, "initialSyncPerChat": per_chat,
+         "generate": {"chats": chats, "messagesPerChat": per_chat}} for i in range(accounts)]}
+
+
+class PhaseStalled(PhaseTimeout):
+    pass
+
+
+def settle(rig: Rig, accounts: int, history: int, timeout_s: float, stall_s: float) -> None:
+    """Every account connected, its history stored, the spool empty. Raises PhaseStalled
+    when nothing moved for `stall_s` (and PhaseTimeout after `timeout_s`)."""
+    state: dict[str, int] = {}
+    moved: list[Any] = [time.monotonic(), None]
+
+    def ready() -> bool:
+        state.update(connected=rig.connected(), stored=rig.reader.messages(), depth=spool_depth(rig.data_dir))
+        key = tuple(state.values())
+        if key != moved[1]:
+            moved[:] = [time.monotonic(), key]
+        elif time.monotonic() - moved[0] > stall_s:
+            raise PhaseStalled(f"no progress for {stall_s:.0f} s: {state['connected']}/{accounts} accounts "
+                               f"connected, {state['stored']}/{history} history messages stored, "
+                               f"spool depth {state['depth']}")
+        return state["connected"] >= accounts and state["stored"] >= history and state["depth"] == 0
+
+    def progress(elapsed: float) -> None:
+        log(f"{rig.name}: {state.get('connected')}/{accounts} connected, {state.get('stored')}/{history} history "
+            f"messages stored, spool depth {state.get('depth')} after {elapsed:.0f} s")
+
+    poll(ready, timeout_s, f"{accounts} accounts connected and {history} messages stored", every_s=0.5,
+         progress=progress)
+
+
+def phase_latency(args, emulator_host: Optional[str]) -> dict:
+    n, rate, seconds = args.latency_accounts, args.latency_rate, args.latency_seconds
+    chats, per_chat = 5, 5
+    world = small_world(n, chats, per_chat)
+    per_account = int(rate * seconds + 1e-9)
+    expected = n * per_account
+    log(f"latency: {n} accounts x {rate:g} msgs/s for {seconds:g} s = {expected} live messages")
+    with Rig("latency", world, args, emulator_host) as rig:
+        t0 = time.monotonic()
+        rig.add_accounts([a["phone"] for a in world["accounts"]])
+        settle(rig, n, n * chats * per_chat, args.timeout, args.stall)
+        log(f"latency: {n} accounts connected, history stored, spool empty after {time.monotonic() - t0:.1f} s")
+        time.sleep(1.0)
+        before = scrape(rig.daemon)
+        live_before = rig.reader.messages("realtime")
+        interval = 1.0 / rate
+        events = [{"at": round(i * interval / n, 4), "account": phone(i), "event": "traffic",
+                   "rate": rate, "for": seconds} for i in range(n)]
+        rig.sim.inject(*events)
+        started = time.monotonic()
+        log(f"latency: traffic injected (staggered over {interval:g} s); waiting ~{seconds:g} s")
+
+        def stored() -> int:
+            return int(scrape(rig.daemon)[STORE_METRIC]["count"] - before[STORE_METRIC]["count"])
+
+        progress_at = [0.0]
+
+        def check() -> bool:
+            if stored() >= expected:
+                return True
+            elapsed = time.monotonic() - started
+            if elapsed - progress_at[0] >= 5:
+                progress_at[0] = elapsed
+                delivered = rig.sim.stats()["totals"].get("delivered", 0)
+                log(f"latency: {elapsed:.0f} s: {stored()}/{expected} live messages stored "
+                    f"(simulator delivered {delivered} messages in total), spool depth {spool_depth(rig.data_dir)}")
+            return False
+
+        poll(check, seconds + args.timeout, f"{expected} live messages stored", every_s=0.5)
+        time.sleep(0.5)
+        after = scrape(rig.daemon)
+        live = rig.reader.messages("realtime") - live_before
+        spool = hist_delta(after[SPOOL_METRIC], before[SPOOL_METRIC])
+        store = hist_delta(after[STORE_METRIC], before[STORE_METRIC])
+        spool_p99, spool_note = quantile(0.99, spool)
+        store_p99, store_note = quantile(0.99, store)
+        log(f"latency: {live} live messages in the store after {time.monotonic() - started:.1f} s")
+        log(f"latency: {SPOOL_METRIC} {hist_summary(spool)}")
+        log(f"latency: {STORE_METRIC} {hist_summary(store)}")
+        log(f"latency: p99 event->spool {_ms(spool_p99)} ({spool_note}); "
+            f"p99 event->store {_ms(store_p99)} ({store_note}); bucket-estimated")
+        cross = sorted(rig.reader.live_latencies_ms())
+        if cross:
+            p = cross[min(len(cross) - 1, int(math.ceil(0.99 * len(cross))) - 1)]
+            log(f"latency: cross-check from the store (createdAt - simulator timestamp, ms resolution, "
+                f"includes the simulator->daemon hop): n={len(cross)} p50={cross[len(cross) // 2]:.0f} ms "
+                f"p99={p:.0f} ms max={cross[-1]:.0f} ms")
+        return {"spool_p99_ms": spool_p99 * 1000 if spool_p99 is not None else None,
+                "store_p99_ms": store_p99 * 1000 if store_p99 is not None else None,
+                "spool_note": spool_note, "store_note": store_note, "live_messages": live,
+                "observed": int(store["count"])}
+
+
+# --- phase 3: RSS per account --------------------------------------------------------
+
+
+def sample_rss(pid: int, samples: int = 5, every_s: float = 0.5) -> int:
+    values = []
+    for i in range(samples):
+        values.append(rss_bytes(pid))
+        if i + 1 < samples:
+            time.sleep(every_s)
+    return int(statistics.median(values))
+
+
+def phase_rss(args, emulator_host: Optional[str]) -> dict:
+    n = args.rss_accounts
+    chats, per_chat = 1, 3
+    world = small_world(n, chats, per_chat)
+    log(f"rss: {n} accounts, {chats} chat x {per_chat} messages each")
+    with Rig("rss", world, args, emulator_host) as rig:
+        pid = rig.daemon.proc.pid
+        time.sleep(args.rss_idle)
+        rss0 = sample_rss(pid)
+        threads0 = int(proc_status(pid)["Threads"])
+        log(f"rss: 0 accounts: VmRSS {rss0 / MiB:.1f} MiB, {threads0} threads")
+        t0 = time.monotonic()
+        added = rig.add_accounts([a["phone"] for a in world["accounts"]])
+        log(f"rss: {n} accounts added in {added:.1f} s")
+        try:
+            settle(rig, n, n * chats * per_chat, args.timeout, args.stall)
+        except PhaseStalled as exc:
+            stats = rig.sim.stats()
+            rss_n = sample_rss(pid)
+            status = proc_status(pid)
+            connected = rig.connected()
+            log(f"rss: STALLED: {exc}; simulator: {stats['sockets']} sockets open, "
+                f"{sum(1 for a in stats['accounts'].values() if a.get('connected'))} accounts connected, "
+                f"{stats['totals'].get('connectionsOpened')} connections opened")
+            log(f"rss: at the stall: VmRSS {rss_n / MiB:.1f} MiB, {status['Threads']} threads, {n} account actors, "
+                f"{connected} connected: ({rss_n / MiB:.1f} - {rss0 / MiB:.1f}) / {n} = "
+                f"{(rss_n - rss0) / n / MiB:.3f} MiB per account added (not the figure asked for: "
+                f"not all accounts connected)")
+            rig.failed = True
+            return {"rss_mib_per_account": None, "rss0_mib": rss0 / MiB, "rss_n_mib": rss_n / MiB,
+                    "error": f"rss: {exc}",
+                    "note": f"RSS per account n/a: only {connected}/{n} accounts connected ({exc})"}
+        log(f"rss: all {n} connected with their history stored after {time.monotonic() - t0:.1f} s; "
+            f"idling {args.rss_idle:g} s")
+        stats = rig.sim.stats()
+        time.sleep(args.rss_idle)
+        rss_n = sample_rss(pid)
+        status = proc_status(pid)
+        per = (rss_n - rss0) / n / MiB
+        log(f"rss: {n} accounts: VmRSS {rss_n / MiB:.1f} MiB, {status['Threads']} threads "
+            f"(simulator: {stats['sockets']} sockets, {stats['totals'].get('connectionsOpened')} connections opened); "
+            f"({rss_n / MiB:.1f} - {rss0 / MiB:.1f}) / {n} = {per:.3f} MiB per account")
+        return {"rss_mib_per_account": per, "rss0_mib": rss0 / MiB, "rss_n_mib": rss_n / MiB,
+                "threads0": threads0, "threads_n": int(status["Threads"])}
+
+
+# --- main ----------------------------------------------------------------------------
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", choices=["ingest", "latency", "rss"], action="append",
+                   help="run only this phase (repeatable)")
+    p.add_argument("--quick", action="store_true", help="small sizes everywhere (a smoke run of a minute or so)")
+    p.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
+    p.add_argument("--store", choices=["sqlite", "firestore"], default="sqlite")
+    p.add_argument("--emulator", help="with --store firestore: a running emulator at HOST:PORT")
+    p.add_argument("--ingest-accounts", type=int, default=10)
+    p.add_argument("--ingest-chats", type=int, default=20)
+    p.add_argument("--ingest-messages-per-chat", type=int, default=500)
+    p.add_argument("--ingest-sync-per-chat", type=int, help="initialSyncPerChat (default: all of them)")
+    p.add_argument("--latency-accounts", type=int, default=50)
+    p.add_argument("--latency-rate", type=float, default=2.0, help="traffic msgs/s per account")
+    p.add_argument("--latency-seconds", type=float, default=30.0)
+    p.add_argument("--rss-accounts", type=int, default=500)
+    p.add_argument("--rss-idle", type=float, default=5.0, help="idle seconds before each RSS sample")
+    p.add_argument("--starts-per-second", type=float, default=100.0, help="WASYNC_MAX_STARTS_PER_SECOND")
+    p.add_argument("--no-raw-interleaved", dest="raw_interleaved", action="store_false",
+                   help="skip the second raw SQLite run in store_ingest.py's interleaved order")
+    p.add_argument("--stall", type=float, default=30.0,
+                   help="give up a wait when nothing moved for this many seconds")
+    p.add_argument("--daemon-log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds each wait may take")
+    p.add_argument("--keep", action="store_true", help="keep the work directories (logs, databases)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.ingest_accounts, args.ingest_chats, args.ingest_messages_per_chat = 2, 5, 200
+        args.latency_accounts, args.latency_seconds = 10, 10.0
+        args.rss_accounts, args.rss_idle = 50, 2.0
+    if args.ingest_sync_per_chat is None:
+        args.ingest_sync_per_chat = args.ingest_messages_per_chat
+    return args
+
+
+def table(results: dict) -> str:
+    rows = [("figure", "measured", "target", "ratio", "")]
+
+    def row(name, value, unit, target_text, ratio, ok):
+        shown = "n/a" if value is None else f"{value:,.{2 if value < 100 else 0}f} {unit}"
+        rows.append((name, shown, target_text, "n/a" if ratio is None else f"{ratio:.2f}",
+                     "" if ok is None else ("ok" if ok else "MISSED")))
+
+    ing, raw = results.get("ingest_msgs_per_s"), results.get("raw_msgs_per_s")
+    ratio = ing / raw if ing and raw else None
+    row("history ingest, end to end", ing, "msgs/s", f">= {TARGETS['ingest_ratio']} x raw", ratio,
+        None if ratio is None else ratio >= TARGETS["ingest_ratio"])
+    row("raw ceiling (store client)", raw, "msgs/s", "(ceiling)", None, None)
+    for key, name in (("spool_p99_ms", "event->spool p99 (bucket-est.)"),
+                      ("store_p99_ms", "event->store p99 (bucket-est.)")):
+        v = results.get(key)
+        row(name, v, "ms", f"<= {TARGETS[key]:g} ms", None if v is None else v / TARGETS[key],
+            None if v is None else v <= TARGETS[key])
+    v = results.get("rss_mib_per_account")
+    row("daemon RSS per account", v, "MiB", f"<= {TARGETS['rss_mib_per_account']:g} MiB",
+        None if v is None else v / TARGETS["rss_mib_per_account"],
+        None if v is None else v <= TARGETS["rss_mib_per_account"])
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) if i in (0, 2) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.append("ratio: ingest/raw (target >= 0.8); otherwise measured/target (target <= 1). "
+                 "p99s are interpolated within the daemon's histogram buckets.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    phases = args.only or ["ingest", "latency", "rss"]
+
+    def on_term(signum, frame):
+        raise SystemExit(128 + signum)  # run every finally: processes are stopped
+
+    signal.signal(signal.SIGTERM, on_term)
+    results: dict[str, Any] = {}
+    errors: list[str] = []
+    notes: list[str] = []
+    emulator = None
+    emulator_host = args.emulator
+    started = time.monotonic()
+    try:
+        if args.store == "firestore" and not emulator_host:
+            from emulator import FirestoreEmulator
+
+            log("starting the Firestore emulator …")
+            emulator = FirestoreEmulator().start()
+            emulator_host = emulator.host
+        if args.store == "firestore":
+            os.environ["FIRESTORE_EMULATOR_HOST"] = emulator_host
+        for name, run in (("ingest", phase_ingest), ("latency", phase_latency), ("rss", phase_rss)):
+            if name in phases:
+                log(f"=== phase {name} ===")
+                t = time.monotonic()
+                try:
+                    result = run(args, emulator_host)
+                except (PhaseTimeout, RuntimeError, OSError, AssertionError) as exc:
+                    result = {"error": f"{name}: {type(exc).__name__}: {exc}", "note": f"{name} failed: {exc}"}
+                if "error" in result:
+                    errors.append(result.pop("error"))
+                    log(f"=== phase {name} FAILED after {time.monotonic() - t:.0f} s: {errors[-1]} ===")
+                else:
+                    log(f"=== phase {name} done in {time.monotonic() - t:.0f} s ===")
+                if "note" in result:
+                    notes.append(result.pop("note"))
+                results.update(result)
+    finally:
+        if emulator:
+            emulator.stop()
+    log(f"total {time.monotonic() - started:.0f} s")
+    keys = ("ingest_msgs_per_s", "raw_msgs_per_s", "spool_p99_ms", "store_p99_ms", "rss_mib_per_account")
+    if args.json:
+        print(json.dumps({k: results.get(k) for k in keys}))
+    else:
+        print(table(results))
+        for note in notes:
+            print(f"NOTE: {note}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
