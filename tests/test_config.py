@@ -216,3 +216,14 @@ def test_cli_config_ok_and_bad_port():
     bad = _wasync("config", env={**base, "PORT": "abc"})
     assert bad.returncode == 2
     assert "PORT='abc'" in bad.stderr and "expected an integer" in bad.stderr
+
+
+def test_run_refuses_a_public_host_without_a_token(tmp_path):
+    import os
+
+    env = {**os.environ, "HOST": "0.0.0.0", "WASYNC_DATA_DIR": str(tmp_path)}
+    env.pop("ADMIN_TOKEN", None)
+    result = _wasync("run", env=env)
+    assert result.returncode == 2
+    assert "ADMIN_TOKEN" in result.stderr and "0.0.0.0" in result.stderr
+    assert not (tmp_path / "wasync.db").exists()  # it stopped before touching anything
