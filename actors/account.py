@@ -23,7 +23,7 @@ from wasync.runtime.metrics import Metrics
 from wasync.runtime.spool import Spool, SpoolRow
 from wasync.runtime.store.schema import SERVER_TIME, Increment, ms_to_dt
 from wasync.runtime.transport.normalize import NormalizeError, normalize
-from wasync.runtime.transport.session import SessionFactory
+from wasync.runtime.transport.session import NotConnected, SessionFactory
 
 log = logging.getLogger("wasync.account")
 
@@ -33,6 +33,13 @@ DRAIN_ROWS = 200  # rows per wake-up: keeps the actor answering asks between bur
 @dataclass(frozen=True)
 class Wake:
     pass
+
+
+@dataclass(frozen=True)
+class PairPhone:
+    """Ask for a pairing code for `phone` (answered with the code)."""
+
+    phone: str
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,12 @@ class AccountActor(pykka.ThreadingActor):
     # --- messages ----------------------------------------------------------------------
 
     def on_receive(self, message):
+        if isinstance(message, PairPhone):
+            # An ask: a session error goes back to the asker (pykka hands it over) and is
+            # no reason to restart the account.
+            if self.session is None:
+                raise NotConnected(f"account {self.account_id} has no session")
+            return self.session.pair_phone(message.phone)
         try:
             if isinstance(message, Wake):
                 self._drain()
@@ -229,9 +242,11 @@ class AccountActor(pykka.ThreadingActor):
         elif isinstance(event, m.QrCode):
             status = m.AccountStatus.PAIRING
             self.qr_code = event.codes[0] if event.codes else None
+            self.board.publish_qr(self.account_id, self.qr_code)
         elif isinstance(event, m.PairSuccess):
             phone = event.jid.split("@")[0].split(":")[0]
             self.qr_code = None
+            self.board.publish_qr(self.account_id, None)
             self.state = replace(self.state, jid=event.jid, phone=phone, needs_repair=False, repair_reason=None)
             batch.account_fields.update(jid=event.jid, phone=phone, needsRepair=False, repairReason=None)
         elif isinstance(event, m.ConnectFailure):

@@ -55,6 +55,11 @@ class SupervisorActor(pykka.ThreadingActor):
                 self._child_failed(message)
             elif message == "children":
                 return sorted(self.children)
+            elif isinstance(message, tuple) and message[0] == "child":
+                return self.children.get(message[1])
+            elif isinstance(message, tuple) and message[0] == "restart":
+                self._stop_child(message[1])
+                self._reconcile()
             elif message == "stop_sessions":
                 self._stop_sessions()
             elif message == "stop_all":

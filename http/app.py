@@ -31,9 +31,12 @@ from aiohttp import web
 
 from wasync.runtime import bridge
 from wasync.runtime.config import ConfigError, Settings
-from wasync.runtime.control import DaemonControl
+from wasync.runtime.control import DaemonControl, UnknownAccount
 from wasync.runtime.metrics import Metrics
 from wasync.runtime.store.base import StoreError
+from wasync.runtime.transport.session import (
+    CapabilityAbsent, InvalidRecipient, NotConnected, RateLimited, SessionError,
+)
 
 log = logging.getLogger("wasync.http")
 
@@ -103,6 +106,13 @@ async def call_daemon(request: web.Request, fn, *args: Any) -> Any:
 
 # --- middlewares -------------------------------------------------------------------
 
+_SESSION_ERRORS = {
+    NotConnected: (409, "not_connected"),
+    InvalidRecipient: (400, "invalid_recipient"),
+    RateLimited: (429, "rate_limited"),
+    CapabilityAbsent: (501, "not_supported"),
+}
+
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler):
@@ -142,6 +152,12 @@ async def error_middleware(request: web.Request, handler):
         log.warning("[http] rid=%s daemon call timed out: %s", request_id_var.get(), exc)
         return error_response(504, "timeout", f"the daemon did not answer within {exc.timeout_s:g}s",
                               {"Retry-After": "5"})
+    except UnknownAccount as exc:
+        return error_response(404, "unknown_account", f"no account {exc.args[0] if exc.args else ''}".strip())
+    except SessionError as exc:
+        # What WhatsApp (or the transport) said no to: the account's state, not a bug here.
+        status, code = _SESSION_ERRORS.get(type(exc), (502, "session_error"))
+        return error_response(status, code, str(exc) or code)
     except StoreError as exc:
         # The store is down or refused: the client may retry later; details stay in the log.
         log.warning("[http] rid=%s store error on %s %s: %s", request_id_var.get(), request.method, request.path, exc)
@@ -202,9 +218,10 @@ def create_app(control: DaemonControl, settings: Settings, metrics: Metrics, *,
 
     # Imported here, not at the top: the route modules import ApiError and the app keys
     # from this module.
-    from wasync.http.routes import accounts, health, metrics as metrics_routes
+    from wasync.http.routes import accounts, health, metrics as metrics_routes, pairing
 
     health.setup(app)
     metrics_routes.setup(app)
     accounts.setup(app)
+    pairing.setup(app)
     return app

@@ -20,6 +20,7 @@ class Board:
         self._store = StoreHealth(name=store_name, connected=True)
         self._ready = False
         self._spool = (0, None)
+        self._qr: dict[str, str] = {}
 
     def publish_account(self, state: AccountState) -> None:
         with self._lock:
@@ -29,11 +30,24 @@ class Board:
         with self._lock:
             self._accounts.pop(account_id, None)
             self._realtime.pop(account_id, None)
+            self._qr.pop(account_id, None)
 
     def publish_realtime(self, account_id: str, **fields) -> None:
         with self._lock:
             entry = self._realtime.setdefault(account_id, {"accountId": account_id})
             entry.update({k: v for k, v in fields.items() if v is not None})
+
+    def publish_qr(self, account_id: str, code: Optional[str]) -> None:
+        """The pairing code a phone should scan now (None once paired)."""
+        with self._lock:
+            if code:
+                self._qr[account_id] = code
+            else:
+                self._qr.pop(account_id, None)
+
+    def qr(self, account_id: str) -> Optional[str]:
+        with self._lock:
+            return self._qr.get(account_id)
 
     def store_ok(self) -> None:
         now = self.clock.wall_ms()

@@ -9,6 +9,7 @@ import sys
 COMMANDS = {
     "run": "run the daemon (HTTP on HOST:PORT; settings from the environment)",
     "accounts": "add, list or remove accounts in the store (works without the daemon)",
+    "pair": "pair an account through the running daemon (QR in the terminal, or --phone code)",
     "config": "print the effective settings and where each came from",
     "sim": "run the simulated WhatsApp service (SIMULATOR.md)",
 }
@@ -118,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         return run(rest)
     if command == "accounts":
         return accounts(rest)
+    if command == "pair":
+        settings = _settings()
+        if settings is None:
+            return 2
+        from wasync.runtime.pairing_cli import main as pair_main
+
+        return pair_main(rest, settings)
     if command == "config":
         from wasync.runtime.config import print_config
 

@@ -58,3 +58,14 @@ class DaemonControl(Protocol):
 
     def remove_account(self, account_id: str) -> None:
         """Stop its session and forget the account. Raises UnknownAccount."""
+
+    def current_qr(self, account_id: str) -> Optional[str]:
+        """The pairing code to show now, None when the account is not pairing. Never
+        blocks (snapshot). Raises UnknownAccount."""
+
+    def pair_phone(self, account_id: str, phone: str) -> str:
+        """An 8-character code to type on the phone (while pairing). Raises
+        UnknownAccount, or a transport SessionError (e.g. NotConnected)."""
+
+    def regenerate_qr(self, account_id: str) -> None:
+        """Restart the account's session so pairing starts over with a fresh code."""

@@ -20,6 +20,7 @@ from wasync.runtime.config import Settings
 from wasync.runtime.control import AccountExists, Snapshot, UnknownAccount
 from wasync.runtime.metrics import Metrics
 from wasync.runtime.spool import Spool
+from wasync.runtime.transport.session import NotConnected
 from wasync.runtime.accounts import account_fields
 
 log = logging.getLogger("wasync.daemon")
@@ -208,6 +209,31 @@ class Daemon:
             raise UnknownAccount(account_id)
         self.supervisor.tell("reconcile")
         log.info("[supervisor] accountId=%s removed", account_id)
+
+    def _known(self, account_id: str) -> None:
+        if self.board.account(account_id) is None and self.store.get_account(account_id) is None:
+            raise UnknownAccount(account_id)
+
+    def current_qr(self, account_id: str) -> Optional[str]:
+        code = self.board.qr(account_id)
+        if code is None and self.board.account(account_id) is None:
+            self._known(account_id)
+        return code
+
+    def pair_phone(self, account_id: str, phone: str) -> str:
+        from wasync.actors.account import PairPhone
+
+        child = self.supervisor.ask(("child", account_id), timeout=10)
+        if child is None:
+            self._known(account_id)
+            raise NotConnected(f"account {account_id} is not running on this instance")
+        return child.ask(PairPhone(phone), timeout=30)
+
+    def regenerate_qr(self, account_id: str) -> None:
+        self._known(account_id)
+        self.board.publish_qr(account_id, None)
+        self.supervisor.tell(("restart", account_id))
+        log.info("[supervisor] accountId=%s pairing restarted (regenerate-qr)", account_id)
 
 
 async def serve(daemon: Daemon, settings: Settings) -> int:

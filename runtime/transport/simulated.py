@@ -161,7 +161,8 @@ class SimulatedSession:
         self._call({"op": "history", "chat": chat_jid, "anchor": oldest_id, "count": count}, 30.0)
 
     def pair_phone(self, phone: str) -> str:
-        return self._call({"op": "pair_phone", "phone": phone}, 30.0)["code"]
+        # Asked while pairing: the socket is open but the session is not "connected" yet.
+        return self._call({"op": "pair_phone", "phone": phone}, 30.0, need_connected=False)["code"]
 
     def logout(self) -> None:
         self._call({"op": "logout"}, 10.0)
@@ -169,16 +170,16 @@ class SimulatedSession:
 
     # --- requests from actor threads ---------------------------------------------
 
-    def _call(self, frame: dict[str, Any], timeout_s: float) -> dict:
-        future = asyncio.run_coroutine_threadsafe(self._request(frame), self.transport.loop())
+    def _call(self, frame: dict[str, Any], timeout_s: float, need_connected: bool = True) -> dict:
+        future = asyncio.run_coroutine_threadsafe(self._request(frame, need_connected), self.transport.loop())
         try:
             return future.result(timeout=timeout_s)
         except TimeoutError:
             future.cancel()
             raise SessionError(f"{frame['op']}: no answer from the simulator within {timeout_s:.0f} s") from None
 
-    async def _request(self, frame: dict[str, Any]) -> dict:
-        if self._ws is None or self._ws.closed or not self.connected:
+    async def _request(self, frame: dict[str, Any], need_connected: bool) -> dict:
+        if self._ws is None or self._ws.closed or (need_connected and not self.connected):
             raise NotConnected(f"account {self.account_id} is not connected")
         self._next_req += 1
         req = self._next_req

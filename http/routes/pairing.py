@@ -1,0 +1,59 @@
+"""Admin: pairing an account — the current QR (PNG, SVG or text), a pairing code by
+phone number, and starting pairing over with a fresh code."""
+from __future__ import annotations
+
+import io
+
+import segno
+from aiohttp import web
+
+from wasync.http.app import CONTROL, ApiError, call_daemon, json_response
+from wasync.http.routes.accounts import normalize_phone, read_json_object, validate_account_id
+
+FORMATS = {"png": "image/png", "svg": "image/svg+xml", "text": "text/plain"}
+
+
+def render_qr(code: str, fmt: str) -> bytes:
+    """The code as a scannable image; `text` is the raw string (for terminals and tools)."""
+    if fmt == "text":
+        return code.encode()
+    out = io.BytesIO()
+    segno.make(code, error="l").save(out, kind=fmt, scale=6, border=4)
+    return out.getvalue()
+
+
+async def get_qr(request: web.Request) -> web.Response:
+    account_id = validate_account_id(request.match_info["accountId"])
+    fmt = request.query.get("format", "png")
+    if fmt not in FORMATS:
+        raise ApiError(400, "invalid_format", "format must be one of png, svg, text")
+    code = await call_daemon(request, request.app[CONTROL].current_qr, account_id)
+    if code is None:
+        raise ApiError(404, "no_qr", f"account {account_id} is not pairing (no QR to show); "
+                                     "POST /api/whatsapp/regenerate-qr/{accountId} starts pairing over")
+    return web.Response(body=render_qr(code, fmt), content_type=FORMATS[fmt],
+                        headers={"Cache-Control": "no-store"})
+
+
+async def pair_phone(request: web.Request) -> web.Response:
+    account_id = validate_account_id(request.match_info["accountId"])
+    body = await read_json_object(request)
+    unknown = sorted(set(body) - {"phone"})
+    if unknown or "phone" not in body:
+        raise ApiError(400, "invalid_body", 'expected {"phone": "<digits>"}')
+    phone = normalize_phone(body["phone"])
+    code = await call_daemon(request, request.app[CONTROL].pair_phone, account_id, phone)
+    return json_response({"success": True, "accountId": account_id, "code": code})
+
+
+async def regenerate_qr(request: web.Request) -> web.Response:
+    account_id = validate_account_id(request.match_info["accountId"])
+    await call_daemon(request, request.app[CONTROL].regenerate_qr, account_id)
+    return json_response({"success": True, "accountId": account_id,
+                          "message": "pairing restarted; fetch the new QR in a few seconds"})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/api/whatsapp/accounts/{accountId}/qr", get_qr)
+    app.router.add_post("/api/whatsapp/accounts/{accountId}/pair-phone", pair_phone)
+    app.router.add_post("/api/whatsapp/regenerate-qr/{accountId}", regenerate_qr)
