@@ -10,6 +10,7 @@ COMMANDS = {
     "run": "run the daemon (HTTP on HOST:PORT; settings from the environment)",
     "accounts": "add, list or remove accounts in the store (works without the daemon)",
     "pair": "pair an account through the running daemon (QR in the terminal, or --phone code)",
+    "doctor": "check what an operator checks first: neonize, paths, store, clock",
     "config": "print the effective settings and where each came from",
     "sim": "run the simulated WhatsApp service (SIMULATOR.md)",
 }
@@ -126,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         from wasync.runtime.pairing_cli import main as pair_main
 
         return pair_main(rest, settings)
+    if command == "doctor":
+        settings = _settings()
+        if settings is None:
+            return 2
+        setup_logging("warning")
+        from wasync.runtime.doctor import main as doctor_main
+
+        return doctor_main(settings)
     if command == "config":
         from wasync.runtime.config import print_config
 
