@@ -393,3 +393,47 @@ def print_config(environ: Optional[Mapping[str, str]] = None, out=None) -> int:
     for names, field_name, shown, source in rows:
         print(f"{names.ljust(width)}  {field_name}={shown}  [{source}]", file=out)
     return 0
+
+
+# --- the environment neonize's Go library reads ------------------------------------
+
+# goneonize (neonize 0.5.2) appends <bot biz_bot="1"/> to every 1:1 send unless this is
+# "off" (or none/false/0): the account's own messages would go out marked as a bot's.
+NEONIZE_BOT_TAG = "NEONIZE_BOT_TAG"
+_BOT_TAG_OFF = {"off", "none", "false", "0"}
+
+
+def prepare_neonize_environment() -> Optional[bool]:
+    """Put NEONIZE_BOT_TAG=off into the environment (unless set) and say whether neonize's
+    Go library will actually see it. The neonize transport calls this before it imports
+    neonize; it lives here because this is the only module that touches os.environ.
+
+    Caveat, measured on Linux with neonize 0.5.2: Go reads its environment once, from the
+    block the process was *started* with. A variable put into os.environ later — even
+    before neonize is imported — never reaches it (HTTPS_PROXY set that way did not change
+    how Go dialled; the same variable in the starting environment did). So this
+    setdefault only reaches processes started from here; the daemon itself needs
+    NEONIZE_BOT_TAG=off in its unit / env file. Returns True when the starting environment
+    turns the tag off, False when it does not, None when that cannot be known (no
+    /proc/self/environ)."""
+    os.environ.setdefault(NEONIZE_BOT_TAG, "off")
+    try:
+        with open("/proc/self/environ", "rb") as handle:
+            block = handle.read()
+    except OSError:
+        return None
+    for entry in block.split(b"\0"):
+        name, sep, value = entry.partition(b"=")
+        if sep and name.decode(errors="replace") == NEONIZE_BOT_TAG:
+            return value.decode(errors="replace").strip().lower() in _BOT_TAG_OFF
+    return False
+
+
+def reexec_for_neonize(argv: list[str]) -> None:
+    """Start this command again with NEONIZE_BOT_TAG=off in its starting environment when
+    it is missing there (Go only reads that block; see above). Returns only when no
+    re-exec is needed or possible; a second run never re-execs again."""
+    if prepare_neonize_environment() is not False or os.environ.get("WASYNC_REEXECED") == "1":
+        return
+    os.environ["WASYNC_REEXECED"] = "1"
+    os.execv(sys.executable, [sys.executable, "-m", "wasync.runtime.cli", *argv])
