@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test bench clean test-deps
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,12 +12,21 @@ $(STAMP): setup.cfg pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# NEONIZE_BOT_TAG=off: neonize's Go library reads it only from the starting environment
+# (wasync run also re-executes itself once to make sure of it).
 run: $(STAMP)
-	$(VENV)/bin/wasync run
+	NEONIZE_BOT_TAG=off $(VENV)/bin/wasync run
 
 # pytest exits 5 when it collected no test: make treats that as a failure, as it must.
-test: $(STAMP)
+test: $(STAMP) test-deps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The neonize session-store tests start a throwaway PostgreSQL cluster (Debian's
+# packages; the gcloud Firestore emulator is on the machine image already).
+test-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing PostgreSQL for the session-store tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; }
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/store_ingest.py

@@ -55,6 +55,10 @@ def run(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"wasync: {exc}", file=sys.stderr)
         return 2
+    if settings.sim_address is None:
+        from wasync.runtime.config import reexec_for_neonize
+
+        reexec_for_neonize(["run", *argv])
     setup_logging(settings.log_level)
     import asyncio
 

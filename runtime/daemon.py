@@ -45,22 +45,9 @@ def make_sessions(settings: Settings):
         from wasync.runtime.transport.simulated import SimulatedTransport
 
         return SimulatedTransport.from_settings(settings)
-    return UnavailableTransport("the neonize transport is not built yet (issue 6); "
-                                "use WASYNC_TRANSPORT=sim://host:port")
+    from wasync.runtime.transport.neonize import NeonizeTransport
 
-
-class UnavailableTransport:
-    """Stands in for a transport this build lacks: every session fails to start with
-    the reason, which the account reports as its lastRealtimeError."""
-
-    def __init__(self, reason: str):
-        self.reason = reason
-
-    def open(self, account_id, phone, sink):
-        raise RuntimeError(self.reason)
-
-    def close(self) -> None:
-        pass
+    return NeonizeTransport.from_settings(settings)
 
 
 class Daemon:

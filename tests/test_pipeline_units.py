@@ -32,6 +32,16 @@ def no_actor_left_behind():
     pykka.ActorRegistry.stop_all(timeout=20)
 
 
+class UnavailableTransport:
+    """A transport whose sessions can never start (a broken install, a missing library)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def open(self, account_id, phone, sink):
+        raise RuntimeError(self.reason)
+
+
 # --- spool ------------------------------------------------------------------------------
 
 
@@ -171,7 +181,6 @@ def test_history_dry_run_counts_and_writes_no_messages(sim, tmp_path):
 
 def test_a_session_that_cannot_start_is_reported_not_silent(tmp_path, caplog):
     from wasync.actors.supervisor import SupervisorActor
-    from wasync.runtime.daemon import UnavailableTransport
 
     parts = Parts(tmp_path)
     store, board = parts.store, parts.board
