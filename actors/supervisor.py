@@ -16,7 +16,8 @@ from typing import Callable, Optional
 
 import pykka
 
-from wasync.actors.account import AccountActor, ChildFailed
+from wasync.actors.account import ChildFailed
+from wasync.actors.timers import tell_later
 from wasync.runtime.board import Board
 from wasync.runtime.metrics import Metrics
 
@@ -89,10 +90,7 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def _pace(self) -> None:
         if self.queue and self._timer is None:
-            ref = self.actor_ref
-            self._timer = threading.Timer(0, lambda: ref.tell(_StartNext()) if ref.is_alive() else None)
-            self._timer.daemon = True
-            self._timer.start()
+            self._timer = tell_later(self.actor_ref, _StartNext(), 0)
 
     def _start_next(self) -> None:
         while self.queue:
@@ -106,24 +104,13 @@ class SupervisorActor(pykka.ThreadingActor):
                     self.queue.append(account_id)
                 break
         if self.queue:
-            ref = self.actor_ref
-            self._timer = threading.Timer(self.interval_s, lambda: ref.tell(_StartNext()) if ref.is_alive() else None)
-            self._timer.daemon = True
-            self._timer.start()
+            self._timer = tell_later(self.actor_ref, _StartNext(), self.interval_s)
 
     def _child_failed(self, failure: ChildFailed) -> None:
         log.warning("[supervisor] accountId=%s failed: %s; restarting in %.0fs",
                     failure.account_id, failure.error, RESTART_AFTER_S)
         self._stop_child(failure.account_id)
-        ref = self.actor_ref
-
-        def again():
-            if ref.is_alive():
-                ref.tell("reconcile")
-
-        timer = threading.Timer(RESTART_AFTER_S, again)
-        timer.daemon = True
-        timer.start()
+        tell_later(self.actor_ref, "reconcile", RESTART_AFTER_S)
 
     def _stop_child(self, account_id: str) -> None:
         child = self.children.pop(account_id, None)
@@ -150,7 +137,3 @@ class SupervisorActor(pykka.ThreadingActor):
         self.queue.clear()
         for account_id in list(self.children):
             self._stop_child(account_id)
-
-
-def start_account(account_id: str, phone: Optional[str], supervisor: pykka.ActorRef, **deps) -> pykka.ActorRef:
-    return AccountActor.start(account_id, phone, supervisor=supervisor, **deps)

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import pykka
 
+from wasync.actors.timers import tell_later
 from wasync.runtime.board import Board
 from wasync.runtime.clock import Clock
 from wasync.runtime.metrics import Metrics
@@ -120,10 +121,7 @@ class StoreWriterActor(pykka.ThreadingActor):
     def _schedule(self, delay_s: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        ref = self.actor_ref
-        self._timer = threading.Timer(delay_s, lambda: ref.tell(_Flush()) if ref.is_alive() else None)
-        self._timer.daemon = True
-        self._timer.start()
+        self._timer = tell_later(self.actor_ref, _Flush(), delay_s)
 
     def _drain(self) -> bool:
         """Flush now (shutdown); True if nothing is left waiting."""
@@ -146,10 +144,7 @@ class StoreWriterActor(pykka.ThreadingActor):
     def _schedule_store_flush(self, delay_s: float) -> None:
         if self._store_timer is not None:
             self._store_timer.cancel()
-        ref = self.actor_ref
-        self._store_timer = threading.Timer(delay_s, lambda: ref.tell(_StoreFlush()) if ref.is_alive() else None)
-        self._store_timer.daemon = True
-        self._store_timer.start()
+        self._store_timer = tell_later(self.actor_ref, _StoreFlush(), delay_s)
 
     def _flush_store(self) -> None:
         """Have the store write what it holds back, then release the spool rows."""
