@@ -6,6 +6,7 @@ import random
 import pytest
 
 from wasync.actors.policy.backoff import Backoff, unit
+from wasync.actors.policy.escalation import REPAIR, RESTART, escalation_window_ms, on_degraded, recovered
 from wasync.actors.policy.health import HealthFacts, Verdict, human_ms, protocol_streak, verdict
 from wasync.actors.policy.intensity import RestartLog, check_restart
 from wasync.actors.policy.pacing import StartPacer, gap_ms, max_in_any_window, schedule_starts
@@ -289,3 +290,43 @@ def test_a_steady_protocol_trickle_becomes_degraded_exactly_at_the_threshold():
                                       last_protocol_ms=last)).status))
     first = next(t for t, st in verdicts if st is S.DEGRADED)
     assert first == DEG
+
+
+# ---------------------------------------------------------------- escalation
+
+
+ESCALATION_TABLE = [
+    # id, now, last degraded restart, last real, expected
+    ("first_time_restart", NOW, None, None, RESTART),
+    ("again_without_real_since_restart_repair", NOW, NOW - 2 * DEG, NOW - 3 * DEG, REPAIR),
+    ("again_never_real_repair", NOW, NOW - DEG, None, REPAIR),
+    ("healed_in_between_restart", NOW, NOW - 2 * DEG, NOW - DEG, RESTART),
+    ("restart_long_ago_restart", NOW, NOW - escalation_window_ms(DEG) - 1, None, RESTART),
+    ("restart_at_window_edge_repair", NOW, NOW - escalation_window_ms(DEG), None, REPAIR),
+]
+
+
+@pytest.mark.parametrize("now, restarted, real, expected", [r[1:] for r in ESCALATION_TABLE],
+                         ids=[r[0] for r in ESCALATION_TABLE])
+def test_on_degraded(now, restarted, real, expected):
+    assert on_degraded(now, restarted, real, DEG) == expected
+
+
+def test_escalation_window_has_a_floor():
+    assert escalation_window_ms(1000) == 10 * MIN
+    assert escalation_window_ms(DEG) == 3 * DEG
+
+
+RECOVERED_TABLE = [
+    ("real_message_since_connect", F(last_real_ms=T0 + 1, **C), True),
+    ("connected_a_whole_threshold", F(connected=True, connected_since_ms=NOW - DEG), True),
+    ("connected_briefly_no_real", F(connected=True, connected_since_ms=NOW - DEG + 1), False),
+    ("real_before_connect_only", F(connected=True, connected_since_ms=NOW - MIN, last_real_ms=NOW - 2 * MIN), False),
+    ("degraded_is_not_recovered", F(keepalive_timeouts=3, last_real_ms=NOW, **C), False),
+    ("disconnected", F(last_real_ms=NOW), False),
+]
+
+
+@pytest.mark.parametrize("facts, expected", [r[1:] for r in RECOVERED_TABLE], ids=[r[0] for r in RECOVERED_TABLE])
+def test_recovered(facts, expected):
+    assert recovered(facts, verdict(facts)) is expected

@@ -208,7 +208,7 @@ class Simulation:
     def attach(self, acct: AccountState, conn: Conn, *, new_pairing: bool) -> None:
         """Make `conn` the phone's session and bring it up to date."""
         old = acct.conn
-        acct.bind(conn)  # before the old one is released: both count, maxConcurrent shows it
+        acct.bind(conn, self.time.wall_ms())  # before the old one is released: both count, maxConcurrent shows it
         if old is not None:
             old.tell(pb.stream_replaced_event())
             old.close("stream_replaced", acked=acct.outbox.acked)

@@ -20,7 +20,7 @@ import itertools
 import logging
 import random
 from collections import deque
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Iterable, Optional, Protocol
 
 from wasync.runtime.sim import protobufs as pb
@@ -213,6 +213,9 @@ class Degrade:
     heals_on: str  # "restart" | "repair"
 
 
+CONNECT_TIMES_KEPT = 100
+
+
 @dataclass
 class Stats:
     connections_opened: int = 0
@@ -228,6 +231,9 @@ class Stats:
     mark_read: int = 0
     events_sent: int = 0
     events_resent: int = 0
+    # real wall-clock ms of the latest accepted connections (oldest first), so tests can
+    # measure reconnect rates; capped to keep a long-running service small
+    connected_at_ms: list = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {_camel(f.name): getattr(self, f.name) for f in fields(self)}
@@ -265,11 +271,12 @@ class AccountState:
 
     # --- sessions
 
-    def bind(self, conn: Conn) -> None:
+    def bind(self, conn: Conn, now_ms: int) -> None:
         """`conn` becomes the phone's session (the caller replaces any older one)."""
         self.conn, conn.phone, conn.counted = conn, self.phone, True
         self.open_sessions += 1
         self.stats.connections_opened += 1
+        self.stats.connected_at_ms = (self.stats.connected_at_ms + [now_ms])[-CONNECT_TIMES_KEPT:]
         self.stats.max_concurrent = max(self.stats.max_concurrent, self.open_sessions)
 
     def release(self, conn: Conn) -> None:

@@ -4,11 +4,13 @@ All sessions of one `SimulatedTransport` share one asyncio loop on one daemon th
 500 accounts cost 500 websockets, not 500 threads. The protocol is runtime/sim/wire.py.
 
 Like whatsmeow, a session reconnects by itself after a dropped socket (backoff with
-jitter) and after a `disconnect`/`banned` closing once its retry time has passed, but
-never after `stream_replaced` or `logged_out`: another client owns the session, or it
-is gone. Each event goes to the sink (the spool append) and only then is acknowledged;
-if the sink raises, the event is not acknowledged and the socket is dropped, so the
-service sends it again.
+jitter) and after a `disconnect` closing once its retry time has passed, but never after
+`stream_replaced` or `logged_out` (another client owns the session, or it is gone) nor
+after `banned`: the supervisor waits out a temporary ban and starts a new session, so
+the rule is the same whatever the transport. Reconnects take a slot from the shared
+start gate (storm control) when one is given. Each event goes to the sink (the spool
+append) and only then is acknowledged; if the sink raises, the event is not acknowledged
+and the socket is dropped, so the service sends it again.
 """
 from __future__ import annotations
 
@@ -34,14 +36,15 @@ log = logging.getLogger("wasync.transport.sim")
 
 _ERRORS = {wire.NOT_CONNECTED: NotConnected, wire.INVALID_RECIPIENT: InvalidRecipient,
            wire.RATE_LIMITED: RateLimited}
-_NO_RECONNECT = ("stream_replaced", "logged_out")
+_NO_RECONNECT = ("stream_replaced", "logged_out", "banned")
 
 
 class SimulatedTransport:
     """SessionFactory for the simulator at (host, port); owns the shared loop thread."""
 
-    def __init__(self, host: str, port: int, sessions_path: str | Path, *, backoff_s=(0.2, 10.0)):
+    def __init__(self, host: str, port: int, sessions_path: str | Path, *, backoff_s=(0.2, 10.0), gate=None):
         self.url = f"http://{host}:{port}{wire.SESSION_PATH}"
+        self.gate = gate  # actors/startgate.StartGate (wired by the daemon), or None: reconnect without pacing
         self.sessions_path = Path(sessions_path)
         self.backoff_s = backoff_s
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -51,9 +54,9 @@ class SimulatedTransport:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings) -> "SimulatedTransport":
+    def from_settings(cls, settings, gate=None) -> "SimulatedTransport":
         host, port = settings.sim_address
-        return cls(host, port, settings.sessions_path)
+        return cls(host, port, settings.sessions_path, gate=gate)
 
     def open(self, account_id: str, phone: Optional[str], sink: EventSink) -> "SimulatedSession":
         return SimulatedSession(self, account_id, phone, sink)
@@ -239,6 +242,8 @@ class SimulatedSession:
             if wait is None:
                 wait, delay = delay * random.uniform(0.8, 1.2), min(delay * 2, self.transport.backoff_s[1])
             await asyncio.sleep(wait)
+            if self.transport.gate is not None and not self._stopping:
+                await asyncio.sleep(self.transport.gate.reserve_delay_s())
 
     async def _connect_once(self) -> Optional[dict]:
         """One websocket's life; returns the service's `closing` frame, if it sent one."""
