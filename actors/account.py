@@ -10,11 +10,14 @@ counted and reported to the supervisor, which restarts the actor.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import Optional
 
 import pykka
 
+from wasync.actors.policy.health import HealthFacts, Verdict, protocol_streak, verdict
 from wasync.actors.writer import IngestBatch, merge_account_fields
 from wasync.runtime import model as m
 from wasync.runtime.board import Board
@@ -28,6 +31,11 @@ from wasync.runtime.transport.session import NotConnected, SessionFactory
 log = logging.getLogger("wasync.account")
 
 DRAIN_ROWS = 200  # rows per wake-up: keeps the actor answering asks between bursts
+UNDECRYPTABLE_WINDOW_MS = 10 * 60_000  # undecryptable messages count towards a burst this long
+
+# Fault.kind "block" waits on this forever: a stand-in for a handler stuck in a call
+# that never returns (tests of the supervisor's liveness check).
+_NEVER = threading.Event()
 
 
 @dataclass(frozen=True)
@@ -48,22 +56,117 @@ class ChildFailed:
 
     account_id: str
     error: str
+    urn: Optional[str] = None  # which actor: a report from a replaced one is ignored
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The supervisor's liveness ask: answered with a HealthReport told back to it. An
+    actor that does not answer within WASYNC_HUNG_AFTER_MS is replaced."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    account_id: str
+    urn: str
+    seq: int
+    facts: HealthFacts
+    verdict: Verdict
+    session_failure: Optional[str] = None  # the transport's connection loop died
+
+
+@dataclass(frozen=True)
+class SessionEnded:
+    """The session ended for a reason the supervisor must act on (no transport retries it):
+    kind "logged_out" | "stream_replaced" | "banned"."""
+
+    account_id: str
+    urn: str
+    kind: str
+    reason: str
+    retry_after_ms: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Paired:
+    account_id: str
+    urn: str
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Fault injection (WASYNC_DEBUG_FAULTS only): "raise" in a handler, or "block" one forever."""
+
+    kind: str
+
+
+class SlotClosed(RuntimeError):
+    pass
+
+
+class SessionSlot:
+    """Where an account's session lives, reachable from the supervisor's thread too: an
+    actor stuck in a handler cannot stop its own session, so the supervisor kills the
+    slot (stops the session, refuses new ones) before it starts a replacement."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._session = None
+        self.killed = False
+
+    def put(self, session) -> None:
+        with self._lock:
+            if self.killed:
+                raise SlotClosed("this account actor was replaced")
+            self._session = session
+
+    def current(self):
+        with self._lock:
+            return self._session
+
+    def take(self):
+        with self._lock:
+            session, self._session = self._session, None
+            return session
+
+    def kill(self) -> None:
+        with self._lock:
+            self.killed = True
+            session, self._session = self._session, None
+        if session is not None:
+            session.stop()
 
 
 class AccountActor(pykka.ThreadingActor):
+    # A hung actor is abandoned, not joined: its thread must not keep the process alive.
+    use_daemon_thread = True
+
     def __init__(self, account_id: str, phone: Optional[str], *, sessions: SessionFactory, spool: Spool,
                  writer: pykka.ActorRef, board: Board, metrics: Metrics, clock: Clock, dry_run_history: bool,
-                 supervisor: Optional[pykka.ActorRef] = None):
+                 supervisor: Optional[pykka.ActorRef] = None, slot: Optional[SessionSlot] = None,
+                 degraded_after_ms: int = 300_000):
         super().__init__()
         self.account_id = account_id
         self.sessions, self.spool, self.writer = sessions, spool, writer
         self.board, self.metrics, self.clock = board, metrics, clock
         self.dry_run_history = dry_run_history
         self.supervisor = supervisor
-        self.session = None
+        self.slot = slot or SessionSlot()
+        self.degraded_after_ms = degraded_after_ms
         self.cursor = 0  # last spool seq handed to the writer
         self.state = m.AccountState(account_id=account_id, status=m.AccountStatus.CONNECTING, phone=phone)
         self.qr_code: Optional[str] = None
+        # health facts beyond AccountState (actors/policy/health.py)
+        self.link = "connecting"  # connecting | connected | disconnected | pairing
+        self.logged_out_reason: Optional[str] = None
+        self.undecryptable: deque[int] = deque()  # wall ms of recent undecryptable messages
+        self.streak: tuple[Optional[int], int] = (None, 0)  # protocol-only streak (start ms, count)
+
+    @property
+    def session(self):
+        return self.slot.current()
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -82,8 +185,9 @@ class AccountActor(pykka.ThreadingActor):
                 ref.tell(Wake())
 
         try:
-            self.session = self.sessions.open(self.account_id, self.state.phone, sink)
-            self.session.start()
+            session = self.sessions.open(self.account_id, self.state.phone, sink)
+            self.slot.put(session)
+            session.start()
         except Exception as exc:
             # pykka does not call on_failure for on_start: without this the account
             # would sit there looking "connecting" and be silently deaf.
@@ -91,7 +195,8 @@ class AccountActor(pykka.ThreadingActor):
 
     def _session_failed(self, error: str) -> None:
         log.error("[realtime] accountId=%s %s", self.account_id, error)
-        self.session = None
+        self._stop_session()
+        self.link = "disconnected"
         self.state = replace(self.state, status=m.AccountStatus.DISCONNECTED, connected=False)
         self.writer.tell(IngestBatch(self.account_id, account_fields={
             "status": m.AccountStatus.DISCONNECTED.value, "lastRealtimeError": error}))
@@ -103,7 +208,7 @@ class AccountActor(pykka.ThreadingActor):
         self._stop_session()
 
     def _stop_session(self) -> None:
-        session, self.session = self.session, None
+        session = self.slot.take()
         if session is not None:
             try:
                 session.stop()
@@ -117,15 +222,22 @@ class AccountActor(pykka.ThreadingActor):
     # --- messages ----------------------------------------------------------------------
 
     def on_receive(self, message):
+        if self.slot.killed:
+            # Replaced while stuck in a handler: the new actor owns the account now.
+            self.actor_ref.stop(block=False)
+            return None
         if isinstance(message, PairPhone):
             # An ask: a session error goes back to the asker (pykka hands it over) and is
             # no reason to restart the account.
-            if self.session is None:
+            session = self.session
+            if session is None:
                 raise NotConnected(f"account {self.account_id} has no session")
-            return self.session.pair_phone(message.phone)
+            return session.pair_phone(message.phone)
         try:
             if isinstance(message, Wake):
                 self._drain()
+            elif isinstance(message, Probe):
+                self._answer_probe(message)
             elif message == "stop_session":
                 self._stop_session()  # shutdown: no new events, but keep draining the spool
             elif message == "state":
@@ -134,14 +246,68 @@ class AccountActor(pykka.ThreadingActor):
                 return self.qr_code
             elif message == "session":
                 return self.session
+            elif isinstance(message, Fault):
+                self._fault(message)
         except Exception as exc:
             log.exception("[realtime] accountId=%s ingest failed", self.account_id)
             self.metrics.actor_failures.labels(actor="account").inc()
             self._report(f"{type(exc).__name__}: {exc}")
 
+    def _fault(self, fault: Fault) -> None:
+        log.warning("[supervisor] accountId=%s injected fault: %s", self.account_id, fault.kind)
+        if fault.kind == "raise":
+            raise RuntimeError("injected fault")
+        if fault.kind == "block":
+            _NEVER.wait()
+
     def _report(self, error: str) -> None:
+        self._tell_supervisor(ChildFailed(self.account_id, error, self.actor_urn))
+
+    def _tell_supervisor(self, message) -> None:
         if self.supervisor is not None and self.supervisor.is_alive():
-            self.supervisor.tell(ChildFailed(self.account_id, error))
+            try:
+                self.supervisor.tell(message)
+            except pykka.ActorDeadError:
+                pass
+
+    # --- health ----------------------------------------------------------------------
+
+    def _facts(self) -> HealthFacts:
+        now = self.clock.wall_ms()
+        while self.undecryptable and self.undecryptable[0] <= now - UNDECRYPTABLE_WINDOW_MS:
+            self.undecryptable.popleft()
+        st = self.state
+        return HealthFacts(
+            now_ms=now, connected=self.link == "connected", connecting=self.link == "connecting",
+            pairing=self.link == "pairing", logged_out_reason=self.logged_out_reason,
+            last_real_ms=st.last_real_message_ms, last_protocol_ms=st.last_protocol_message_ms,
+            connected_since_ms=st.connected_since_ms, keepalive_timeouts=st.keepalive_timeouts,
+            protocol_streak_start_ms=self.streak[0], protocol_streak_count=self.streak[1],
+            undecryptable_recent=len(self.undecryptable), degraded_after_ms=self.degraded_after_ms)
+
+    def _evaluate(self, batch: Optional[IngestBatch] = None) -> tuple[HealthFacts, Verdict]:
+        """Judge the account now; a changed status goes to the board and the store."""
+        facts = self._facts()
+        v = verdict(facts)
+        previous = self.state.status
+        self.state = replace(self.state, status=v.status, is_degraded=v.is_degraded, warning=v.warning,
+                             connected=facts.connected, undecryptable_recent=facts.undecryptable_recent)
+        if v.status is not previous:
+            log.info("[supervisor] accountId=%s status %s -> %s%s", self.account_id, previous.value,
+                     v.status.value, f" ({v.warning})" if v.warning and v.status is not m.AccountStatus.PAIRING else "")
+            if batch is not None:
+                batch.account_fields["status"] = v.status.value
+            else:
+                self.writer.tell(IngestBatch(self.account_id, account_fields={"status": v.status.value}))
+        return facts, v
+
+    def _answer_probe(self, probe: Probe) -> None:
+        facts, v = self._evaluate()
+        self._publish()
+        session = self.session
+        failure = getattr(session, "failure", None) if session is not None else None
+        self._tell_supervisor(HealthReport(self.account_id, self.actor_urn, probe.seq, facts, v,
+                                           None if failure is None else f"{type(failure).__name__}: {failure}"))
 
     def _drain(self) -> None:
         rows = self.spool.pending(self.account_id, after_seq=self.cursor, limit=DRAIN_ROWS)
@@ -165,6 +331,7 @@ class AccountActor(pykka.ThreadingActor):
                 real, protocol = real + r, protocol + p
         if real or protocol:
             log.info("[realtime] accountId=%s real=%d protocol=%d", self.account_id, real, protocol)
+        self._evaluate(batch)
         self.writer.tell(batch)
         self._publish()
         if len(rows) == DRAIN_ROWS:
@@ -182,6 +349,7 @@ class AccountActor(pykka.ThreadingActor):
             self.metrics.messages_ingested.labels(source=event.sync_source.value, type=event.message_type.value).inc()
             self.metrics.message_class.labels(**{"class": "real"}).inc()
             self.state = replace(self.state, last_real_message_ms=now, real_messages=self.state.real_messages + 1)
+            self.streak = (None, 0)
             batch.account_fields.update(lastRealtimeIngestAt=SERVER_TIME,
                                         lastRealtimeMessageAt=ms_to_dt(event.ts_client_ms))
             self.board.publish_realtime(self.account_id, lastRealtimeIngestAt=now,
@@ -189,10 +357,16 @@ class AccountActor(pykka.ThreadingActor):
             return 1, 0
         if isinstance(event, m.ProtocolMessage):
             self.metrics.message_class.labels(**{"class": "protocol"}).inc()
+            self.streak = protocol_streak(*self.streak, self.state.last_protocol_message_ms, now, self.degraded_after_ms)
             self.state = replace(self.state, last_protocol_message_ms=now,
                                  protocol_messages=self.state.protocol_messages + 1)
             return 0, 1
         if isinstance(event, m.HistoryBatch):
+            if event.sync_type is not m.HistorySyncType.ON_DEMAND:
+                # The phone pushing its history proves the session is not deaf (and a big
+                # initial sync comes with minutes of protocol notices). Answers to our own
+                # requests prove nothing about live delivery.
+                self.streak = (None, 0)
             self._history(event, batch)
         elif isinstance(event, m.Receipt):
             self.metrics.receipts.labels(kind=event.kind.value).inc()
@@ -218,6 +392,7 @@ class AccountActor(pykka.ThreadingActor):
             for msg in event.messages:
                 self.metrics.messages_ingested.labels(source=msg.sync_source.value, type=msg.message_type.value).inc()
         # Merged, not update()d: several chunks drained in one wake-up each count.
+        self.state = replace(self.state, last_history_sync_ms=self.clock.wall_ms())
         merge_account_fields(batch.account_fields, dict(
             lastHistorySyncAt=SERVER_TIME, historySyncCount=Increment(1), lastHistorySyncResult=result))
         log.info("[history-sync] accountId=%s type=%s chunk=%d messages=%d skipped=%d dryRun=%s",
@@ -225,35 +400,56 @@ class AccountActor(pykka.ThreadingActor):
                  self.dry_run_history)
 
     def _session_event(self, event, batch: IngestBatch) -> None:
-        status = None
+        """Session events move the health facts; the status follows from the verdict."""
         now = self.clock.wall_ms()
         if isinstance(event, m.Connected):
-            status = m.AccountStatus.CONNECTED
-            self.state = replace(self.state, connected=True, connected_since_ms=now)
-        elif isinstance(event, (m.Disconnected, m.StreamReplaced)):
-            status = m.AccountStatus.DISCONNECTED
-            self.state = replace(self.state, connected=False)
-            if isinstance(event, m.StreamReplaced):
-                log.warning("[lease] accountId=%s StreamReplaced: another client owns this session", self.account_id)
+            self.link = "connected"
+            self.streak = (None, 0)
+            self.state = replace(self.state, connected_since_ms=now, keepalive_timeouts=0)
+        elif isinstance(event, m.Disconnected):
+            if self.link != "pairing":
+                self.link = "disconnected"
+        elif isinstance(event, m.StreamReplaced):
+            self.link = "disconnected"
+            log.warning("[lease] accountId=%s StreamReplaced: another client owns this session", self.account_id)
+            self._tell_supervisor(SessionEnded(self.account_id, self.actor_urn, "stream_replaced",
+                                               "another client took over this session"))
         elif isinstance(event, m.LoggedOut):
-            status = m.AccountStatus.LOGGED_OUT
-            self.state = replace(self.state, connected=False, needs_repair=True, repair_reason=event.reason)
-            batch.account_fields.update(needsRepair=True, repairReason=event.reason, repairRequestedAt=SERVER_TIME)
+            self.link = "disconnected"
+            self.logged_out_reason = event.reason
+            self.state = replace(self.state, needs_repair=True, repair_reason=f"logged out ({event.reason})",
+                                 repair_requested_ms=now)
+            batch.account_fields.update(needsRepair=True, repairReason=f"logged out ({event.reason})",
+                                        repairRequestedAt=SERVER_TIME)
+            self._tell_supervisor(SessionEnded(self.account_id, self.actor_urn, "logged_out", event.reason))
+        elif isinstance(event, m.TemporaryBan):
+            self.link = "disconnected"
+            self._tell_supervisor(SessionEnded(self.account_id, self.actor_urn, "banned", event.code or "temporary ban",
+                                               retry_after_ms=max(1, event.expires_in_s) * 1000))
+        elif isinstance(event, m.KeepAliveTimeout):
+            self.state = replace(self.state, keepalive_timeouts=max(event.error_count, self.state.keepalive_timeouts + 1))
+        elif isinstance(event, m.KeepAliveRestored):
+            self.state = replace(self.state, keepalive_timeouts=0)
+        elif isinstance(event, m.UndecryptableMessage):
+            self.undecryptable.append(now)
         elif isinstance(event, m.QrCode):
-            status = m.AccountStatus.PAIRING
+            self.link = "pairing"
             self.qr_code = event.codes[0] if event.codes else None
             self.board.publish_qr(self.account_id, self.qr_code)
         elif isinstance(event, m.PairSuccess):
             phone = event.jid.split("@")[0].split(":")[0]
             self.qr_code = None
             self.board.publish_qr(self.account_id, None)
-            self.state = replace(self.state, jid=event.jid, phone=phone, needs_repair=False, repair_reason=None)
-            batch.account_fields.update(jid=event.jid, phone=phone, needsRepair=False, repairReason=None)
+            if self.link == "pairing":
+                self.link = "connecting"
+            self.logged_out_reason = None
+            self.state = replace(self.state, jid=event.jid, phone=phone, needs_repair=False, repair_reason=None,
+                                 repair_requested_ms=None)
+            batch.account_fields.update(jid=event.jid, phone=phone, needsRepair=False, repairReason=None,
+                                        repairRequestedAt=None)
+            self._tell_supervisor(Paired(self.account_id, self.actor_urn))
         elif isinstance(event, m.ConnectFailure):
             batch.account_fields.update(lastRealtimeError=f"connect failure: {event.reason} {event.message}".strip())
-        if status is not None and status is not self.state.status:
-            self.state = replace(self.state, status=status)
-            batch.account_fields["status"] = status.value
 
     def _publish(self) -> None:
         self.board.publish_account(self.state)

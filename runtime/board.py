@@ -3,11 +3,12 @@ Reads never wait for an actor or the store (DESIGN: read-only endpoints read sna
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Optional
 
 from wasync.runtime.clock import Clock
 from wasync.runtime.control import Snapshot, StoreHealth
-from wasync.runtime.model import AccountState
+from wasync.runtime.model import AccountState, AccountStatus
 
 
 class Board:
@@ -21,13 +22,30 @@ class Board:
         self._ready = False
         self._spool = (0, None)
         self._qr: dict[str, str] = {}
+        self._supervision: dict[str, dict] = {}
 
     def publish_account(self, state: AccountState) -> None:
         with self._lock:
             self._accounts[state.account_id] = state
 
+    def publish_supervision(self, account_id: str, overlay: dict) -> None:
+        """The supervisor's view of an account (restarts, repair, and while no actor runs
+        for it, status and warning): laid over the actor's own state in every read."""
+        with self._lock:
+            self._supervision[account_id] = dict(overlay)
+
+    def _merged(self, account_id: str) -> Optional[AccountState]:
+        state = self._accounts.get(account_id)
+        overlay = self._supervision.get(account_id)
+        if overlay is None:
+            return state
+        if state is None:
+            state = AccountState(account_id=account_id, status=overlay.get("status") or AccountStatus.CONNECTING)
+        return replace(state, **overlay)
+
     def drop_account(self, account_id: str) -> None:
         with self._lock:
+            self._supervision.pop(account_id, None)
             self._accounts.pop(account_id, None)
             self._realtime.pop(account_id, None)
             self._qr.pop(account_id, None)
@@ -71,7 +89,7 @@ class Board:
 
     def account(self, account_id: str) -> Optional[AccountState]:
         with self._lock:
-            return self._accounts.get(account_id)
+            return self._merged(account_id)
 
     def snapshot(self) -> Snapshot:
         now = self.clock.wall_ms()
@@ -79,6 +97,6 @@ class Board:
             depth, oldest = self._spool
             return Snapshot(
                 instance_id=self.instance_id, ready=self._ready, mode="active", store=self._store,
-                accounts=tuple(sorted(self._accounts.values(), key=lambda a: a.account_id)),
+                accounts=tuple(self._merged(a) for a in sorted(self._accounts.keys() | self._supervision.keys())),
                 spool_depth=depth, spool_oldest_age_ms=None if oldest is None else max(0, now - oldest),
                 taken_at_ms=now, latest_realtime=tuple(dict(v) for v in self._realtime.values()))

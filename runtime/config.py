@@ -214,6 +214,10 @@ VARIABLES: tuple[Var, ...] = (
     Var("auto_repair_cooldown_ms", ("AUTO_REPAIR_COOLDOWN_MINUTES",), duration_ms(60_000, 0), 60 * 60_000),
     Var("degraded_after_ms", ("WHATSAPP_DEGRADED_AFTER_MS",), duration_ms(1, 1000), 300_000),
     Var("repair_alert_webhook_url", ("REPAIR_ALERT_WEBHOOK_URL",), http_url, None, secret=True),
+    Var("hung_after_ms", ("WASYNC_HUNG_AFTER_MS",), duration_ms(1, 1000), 30_000,
+        help="an account actor that has not answered the supervisor's liveness ask this long is replaced"),
+    Var("debug_faults", ("WASYNC_DEBUG_FAULTS",), parse_bool, False,
+        help="enable POST /api/admin/debug/fault (fault injection for tests; never in production)"),
 )
 
 AUTO_BACKFILL_SWITCHES = ("WHATSAPP_AUTO_BACKFILL_ENABLED", "AUTO_BACKFILL_ENABLED")
@@ -262,6 +266,8 @@ class Settings:
     auto_repair_cooldown_ms: int
     degraded_after_ms: int
     repair_alert_webhook_url: Optional[str]
+    hung_after_ms: int
+    debug_faults: bool
     # where each field's value came from: "default", "env NAME" or "legacy NAME"
     sources: tuple[tuple[str, str], ...] = ()
 

@@ -69,3 +69,7 @@ class DaemonControl(Protocol):
 
     def regenerate_qr(self, account_id: str) -> None:
         """Restart the account's session so pairing starts over with a fresh code."""
+
+    def inject_fault(self, account_id: str, kind: str) -> None:
+        """Test-only fault injection ("raise" | "block") into the account's actor; the HTTP
+        route exists only with WASYNC_DEBUG_FAULTS. Raises UnknownAccount, NotConnected."""

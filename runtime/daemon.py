@@ -14,6 +14,10 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+import pykka
+
+from wasync.actors.startgate import StartGate
+from wasync.runtime.alerts import Alerts
 from wasync.runtime.board import Board
 from wasync.runtime.clock import Clock
 from wasync.runtime.config import Settings
@@ -40,11 +44,12 @@ def make_store(settings: Settings):
     return SqliteStore.from_settings(settings)
 
 
-def make_sessions(settings: Settings):
+def make_sessions(settings: Settings, gate=None):
     if settings.sim_address:
         from wasync.runtime.transport.simulated import SimulatedTransport
 
-        return SimulatedTransport.from_settings(settings)
+        return SimulatedTransport.from_settings(settings, gate=gate)
+    # neonize reconnects inside whatsmeow (its own backoff): only our starts are gated.
     from wasync.runtime.transport.neonize import NeonizeTransport
 
     return NeonizeTransport.from_settings(settings)
@@ -58,34 +63,45 @@ class Daemon:
         self.board = Board(settings.instance_id, settings.store, self.clock)
         self._stop = threading.Event()
         self._ticker: Optional[threading.Thread] = None
+        self._accounts_lock = threading.Lock()
+        self._accounts_read: Optional[list[dict]] = None  # latest account list not yet handed over
 
     # --- life cycle --------------------------------------------------------------------
 
     def start(self) -> "Daemon":
         from wasync.actors.account import AccountActor
-        from wasync.actors.supervisor import SupervisorActor
-        from wasync.actors.writer import StoreWriterActor
+        from wasync.actors.supervisor import SupervisionPolicy, SupervisorActor
+        from wasync.actors.writer import IngestBatch, StoreWriterActor
 
         s = self.settings
         Path(s.data_dir).mkdir(parents=True, exist_ok=True)
         self.store = make_store(s)
         self.spool = Spool(Path(s.data_dir) / "spool.db", self.clock)
-        self.sessions = make_sessions(s)
+        self.gate = StartGate(s.max_starts_per_second, self.clock)
+        self.sessions = make_sessions(s, self.gate)
+        self.alerts = Alerts(s.instance_id, s.repair_alert_webhook_url, clock=self.clock)
         self.writer = StoreWriterActor.start(self.store, self.spool, self.board, self.metrics, self.clock)
         deps = dict(sessions=self.sessions, spool=self.spool, writer=self.writer, board=self.board,
-                    metrics=self.metrics, clock=self.clock, dry_run_history=s.history_sync_dry_run)
+                    metrics=self.metrics, clock=self.clock, dry_run_history=s.history_sync_dry_run,
+                    degraded_after_ms=s.degraded_after_ms)
 
-        def make_child(account_id, phone, supervisor):
-            return AccountActor.start(account_id, phone, supervisor=supervisor, **deps)
+        def make_child(account_id, phone, supervisor, slot):
+            return AccountActor.start(account_id, phone, supervisor=supervisor, slot=slot, **deps)
 
+        def write_fields(account_id: str, fields: dict) -> None:
+            self.writer.tell(IngestBatch(account_id, account_fields=dict(fields)))
+
+        policy = SupervisionPolicy(hung_after_ms=s.hung_after_ms, degraded_after_ms=s.degraded_after_ms)
         self.supervisor = SupervisorActor.start(make_child, self._wanted_accounts, self.board, self.metrics,
-                                                s.max_starts_per_second)
+                                                self.gate, clock=self.clock, alerts=self.alerts,
+                                                write_fields=write_fields, policy=policy)
         left = self.spool.depth()
         if left:
             log.info("[realtime] spool holds %d events from an earlier run: replaying them first", left)
         self.supervisor.tell("reconcile")
         self._ticker = threading.Thread(target=self._tick_loop, name="daemon-ticker", daemon=True)
         self._ticker.start()
+        threading.Thread(target=self._accounts_loop, name="daemon-accounts", daemon=True).start()
         self.board.set_ready(True)
         log.info("[supervisor] wasync %s started instanceId=%s store=%s transport=%s",
                  VERSION, s.instance_id, self.store.name, s.transport)
@@ -95,7 +111,11 @@ class Daemon:
         """Drain and close; True if the spool was emptied within `drain_s`."""
         self.board.set_ready(False)
         self._stop.set()
-        self.supervisor.ask("stop_sessions", timeout=30)
+        try:
+            self.supervisor.ask("stop_sessions", timeout=30)
+        except pykka.Timeout:
+            # Stuck (e.g. stopping a child whose session hangs): go on draining anyway.
+            log.error("[supervisor] did not stop the sessions within 30 s; draining anyway")
         self._sessions_stopped(timeout_s=30)
         deadline = self.clock.monotonic_s() + drain_s
         drained = False
@@ -108,9 +128,13 @@ class Daemon:
         left = self.spool.depth()
         log.info("[supervisor] shutting down: spool %s (%d events left for the next start)",
                  "empty" if drained else "not empty", left)
-        self.supervisor.stop(timeout=60)
-        self.writer.stop(timeout=30)
-        for closer in (getattr(self.sessions, "close", None), self.store.close, self.spool.close):
+        for actor, timeout in ((self.supervisor, 60), (self.writer, 30)):
+            try:
+                actor.stop(timeout=timeout)
+            except pykka.Timeout:
+                log.error("[supervisor] %s did not stop within %d s", actor.actor_class.__name__, timeout)
+        for closer in (self.alerts.close, getattr(self.sessions, "close", None), self.store.close,
+                       self.spool.close):
             if closer:
                 try:
                     closer()
@@ -123,8 +147,6 @@ class Daemon:
         *tells* them to; a session spools its last events (its `Disconnected`) as it
         stops, so draining before that would leave them behind. An ask to each actor is
         queued behind that message and answered once it has been handled."""
-        import pykka
-
         from wasync.actors.account import AccountActor
 
         futures = []
@@ -144,8 +166,15 @@ class Daemon:
                 pass
 
     def _tick_loop(self) -> None:
+        from wasync.actors.supervisor import Tick
+
         while not self._stop.wait(TICK_S):
+            # The supervisor's tick never waits for the store: the account list comes
+            # from its own reader thread (a frozen store blocks that one, not liveness).
+            with self._accounts_lock:
+                accounts, self._accounts_read = self._accounts_read, None
             try:
+                self.supervisor.tell(Tick(accounts))
                 self.board.set_spool(self.spool.depth(), self.spool.oldest_received_ms())
                 # Pinged on every tick, not only once a write failed: a store that stops
                 # answering (network partition, frozen server) stalls the writer inside
@@ -156,9 +185,18 @@ class Daemon:
                         self.board.store_ok()
                 else:
                     self.board.store_failed("ping failed")
-                self.supervisor.tell("reconcile")
             except Exception:
                 log.exception("[supervisor] tick failed")
+
+    def _accounts_loop(self) -> None:
+        while not self._stop.wait(TICK_S):
+            try:
+                accounts = self._wanted_accounts()
+            except Exception as exc:
+                log.warning("[supervisor] could not read the account list: %s", exc)
+                continue
+            with self._accounts_lock:
+                self._accounts_read = accounts
 
     def _wanted_accounts(self) -> list[dict]:
         try:
@@ -215,6 +253,18 @@ class Daemon:
             self._known(account_id)
             raise NotConnected(f"account {account_id} is not running on this instance")
         return child.ask(PairPhone(phone), timeout=30)
+
+    def inject_fault(self, account_id: str, kind: str) -> None:
+        """Test-only (WASYNC_DEBUG_FAULTS): make the account's actor raise in a handler
+        ("raise") or block in one forever ("block"), to exercise supervision for real."""
+        from wasync.actors.account import Fault
+
+        child = self.supervisor.ask(("child", account_id), timeout=10)
+        if child is None:
+            self._known(account_id)
+            raise NotConnected(f"account {account_id} is not running on this instance")
+        child.tell(Fault(kind))
+        log.warning("[supervisor] accountId=%s fault injected: %s", account_id, kind)
 
     def regenerate_qr(self, account_id: str) -> None:
         self._known(account_id)

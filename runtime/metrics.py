@@ -83,6 +83,14 @@ class Metrics:
         self.account_needs_repair = Gauge(
             "wasync_account_needs_repair", "1 when the account must be re-paired by an operator",
             ("account",), registry=r)
+        self.restarts = Counter(
+            "wasync_account_restarts_total", "Account actors restarted by the supervisor, by reason",
+            ("reason",), registry=r)
+        self.hung_actors = Counter(
+            "wasync_hung_actors_total", "Account actors that missed the liveness ask and were replaced", registry=r)
+        self.stream_replaced = Counter(
+            "wasync_stream_replaced_total", "Sessions stopped because another client took them over (StreamReplaced)",
+            registry=r)
         self.actor_failures = Counter(
             "wasync_actor_failures_total", "Actor crashes reported to the supervisor, by actor kind",
             ("actor",), registry=r)
@@ -91,6 +99,8 @@ class Metrics:
         # first scrape instead of only after the first event of each kind.
         for cls in ("real", "protocol"):
             self.message_class.labels(cls)
+        for reason in ("failure", "degraded", "hung", "session_failed", "start_failed"):
+            self.restarts.labels(reason)
         for status in AccountStatus:
             self.sessions.labels(status.value).set(0)
 

@@ -446,7 +446,14 @@ class AccountState:
     restarts: int = 0
     needs_repair: bool = False
     repair_reason: Optional[str] = None
+    repair_requested_ms: Optional[int] = None
     lease_holder: Optional[str] = None
+    # the health verdict (actors/policy/health.py) as of the last evaluation
+    is_degraded: bool = False
+    warning: Optional[str] = None
+    last_history_sync_ms: Optional[int] = None
+    keepalive_timeouts: int = 0  # in a row; reset by KeepAliveRestored or a new connection
+    undecryptable_recent: int = 0  # in the last UNDECRYPTABLE_WINDOW
     extra: dict = field(default_factory=dict, compare=False)
 
 

@@ -120,10 +120,10 @@ class Parts:
         self.writer = StoreWriterActor.start(self.store, self.spool, self.board, self.metrics, self.clock)
         self.transport = SimulatedTransport("127.0.0.1", sim_port, tmp_path / "sessions") if sim_port else None
 
-    def account(self, account_id, phone, *, dry_run=False, sessions=None, supervisor=None):
+    def account(self, account_id, phone, *, dry_run=False, sessions=None, supervisor=None, slot=None):
         return AccountActor.start(account_id, phone, sessions=sessions or self.transport, spool=self.spool,
                                   writer=self.writer, board=self.board, metrics=self.metrics, clock=self.clock,
-                                  dry_run_history=dry_run, supervisor=supervisor)
+                                  dry_run_history=dry_run, supervisor=supervisor, slot=slot)
 
     def close(self):
         pykka.ActorRegistry.stop_all(timeout=20)
@@ -180,20 +180,22 @@ def test_history_dry_run_counts_and_writes_no_messages(sim, tmp_path):
 
 
 def test_a_session_that_cannot_start_is_reported_not_silent(tmp_path, caplog):
+    from wasync.actors.startgate import StartGate
     from wasync.actors.supervisor import SupervisorActor
 
     parts = Parts(tmp_path)
     store, board = parts.store, parts.board
     transport = UnavailableTransport("no transport in this build")
 
-    def make_child(account_id, phone, supervisor):
-        return parts.account(account_id, phone, sessions=transport, supervisor=supervisor)
+    def make_child(account_id, phone, supervisor, slot):
+        return parts.account(account_id, phone, sessions=transport, supervisor=supervisor, slot=slot)
 
-    supervisor = SupervisorActor.start(make_child, lambda: [{"accountId": "x1"}], board, parts.metrics, 50.0)
+    gate = StartGate(50.0, parts.clock)
+    supervisor = SupervisorActor.start(make_child, lambda: [{"accountId": "x1"}], board, parts.metrics, gate)
     supervisor.tell("reconcile")
     wait_for(lambda: (store.get_account("x1") or {}).get("lastRealtimeError"), what="the error in the account doc")
     doc = store.get_account("x1")
     assert doc["status"] == "disconnected" and "no transport in this build" in doc["lastRealtimeError"]
     assert board.account("x1").status.value == "disconnected"
-    wait_for(lambda: "[supervisor] accountId=x1 failed" in caplog.text, what="the supervisor heard of it")
+    wait_for(lambda: "[supervisor] accountId=x1 restart 1" in caplog.text, what="the supervisor heard of it")
     parts.close()
