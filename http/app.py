@@ -218,10 +218,15 @@ def create_app(control: DaemonControl, settings: Settings, metrics: Metrics, *,
 
     # Imported here, not at the top: the route modules import ApiError and the app keys
     # from this module.
-    from wasync.http.routes import accounts, health, metrics as metrics_routes, pairing
+    from wasync.http.routes import (
+        account_health, accounts, dashboard, debug, health, metrics as metrics_routes, pairing,
+    )
 
     health.setup(app)
     metrics_routes.setup(app)
     accounts.setup(app)
     pairing.setup(app)
+    account_health.setup(app)
+    dashboard.setup(app)
+    debug.setup(app, settings.debug_faults)
     return app
