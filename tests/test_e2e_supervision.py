@@ -177,6 +177,7 @@ def test_degraded_session_is_restarted_and_held_messages_are_stored(rig):
     seen = watch_health(daemon, account_id, lambda h: bool(connects_after(sim, phone, t0)),
                         DEGRADED_AFTER_S + 3 * TICK_S + 5)
     restarted_ms = connects_after(sim, phone, t0)[0]
+    print(f"degrade→new connection {(restarted_ms - t0) / 1000:.1f} s (threshold {DEGRADED_AFTER_S} s, tick {TICK_S} s)")
     # Detection needs the protocol streak to reach the threshold (protocol every 2 s from
     # the start), then at most one tick; the restart itself waits for no backoff.
     assert restarted_ms - t0 <= (DEGRADED_AFTER_S + TICK_S + 1.0) * 1000, (restarted_ms - t0, daemon.tail())
@@ -201,6 +202,7 @@ def test_degradation_only_repair_heals_alerts_once_and_flags_the_account(rig):
     limit = 2 * (DEGRADED_AFTER_S + TICK_S + 1.0) + 5
     wait_for(lambda: receiver.for_account(account_id), limit, "the re-pair alert")
     (at, body), = receiver.for_account(account_id)
+    print(f"degrade(healsOn repair)→alert {at - t0:.1f} s")
     assert body["status"] == "needs_repair" and body["accountId"] == account_id
     assert "still degraded after a restart" in body["reason"]
     assert body["instanceId"] == daemon.env["INSTANCE_ID"] and body["since"].endswith("Z")
@@ -238,6 +240,7 @@ def test_logout_needs_repair_at_once_with_an_alert_within_5_s(rig):
     sim.inject({"account": phone, "event": "logout", "reason": "LOGGED_OUT"})
     wait_for(lambda: receiver.for_account(account_id), 5, "the logout alert within 5 s")
     (at, body), = receiver.for_account(account_id)
+    print(f"logout→alert {at - t0:.2f} s")
     assert at - t0 <= 5 and body["status"] == "logged_out" and "LOGGED_OUT" in body["reason"]
     h = health(daemon, account_id)
     assert h["status"] == "logged_out" and h["needsRepair"] is True and h["connected"] is False
@@ -258,6 +261,7 @@ def test_an_exception_in_the_actor_restarts_it_with_growing_backoff(rig):
         wait_for(lambda: connects_after(sim, phone, t0), 15, f"reconnect after fault {attempt}")
         delays.append((connects_after(sim, phone, t0)[0] - t0) / 1000)
         watch_health(daemon, account_id, lambda h: h["status"] == "connected", 10)
+    print(f"fault→reconnect delays {delays}")
     # backoff: 2 s then 4 s, each ±20 % (plus the connect itself)
     assert 1.6 <= delays[0] <= 2.4 + 1.0, delays
     assert 3.2 <= delays[1] <= 4.8 + 1.0, delays
@@ -277,6 +281,7 @@ def test_an_actor_blocked_forever_is_replaced_and_loses_nothing(rig):
     sim.inject({"account": phone, "event": "message", "chat": ALICE, "id": "BLK1LIVE", "text": "during the hang"})
     wait_for(lambda: connects_after(sim, phone, t0), HUNG_AFTER_S + TICK_S + 2.4 + 5, "the replacement's session")
     waited = (connects_after(sim, phone, t0)[0] - t0) / 1000
+    print(f"block→replacement connected {waited:.1f} s (hung after {HUNG_AFTER_S} s)")
     assert HUNG_AFTER_S <= waited <= HUNG_AFTER_S + TICK_S + 2.4 + 1.5, waited
     wait_for(lambda: stored_message(daemon, account_id, "BLK1LIVE"), 15, "the message spooled during the hang")
     watch_health(daemon, account_id, lambda h: h["status"] == "connected", 10)
@@ -308,6 +313,7 @@ def test_a_temporary_ban_is_waited_out_then_retried(rig):
     assert "banned" in dashboard_entry(daemon, account_id)["warning"]
     wait_for(lambda: connects_after(sim, phone, t0), 15, "the retry after the ban")
     retried = (connects_after(sim, phone, t0)[0] - t0) / 1000
+    print(f"ban 4 s→retry {retried:.1f} s")
     assert 4.0 <= retried <= 4.0 * 1.1 + 2.0, retried
     assert sim_account(sim, phone)["connectionsRefused"] == 0  # nothing knocked while banned
     watch_health(daemon, account_id, lambda h: h["status"] == "connected", 10)
