@@ -146,7 +146,7 @@ class AccountActor(pykka.ThreadingActor):
     def __init__(self, account_id: str, phone: Optional[str], *, sessions: SessionFactory, spool: Spool,
                  writer: pykka.ActorRef, board: Board, metrics: Metrics, clock: Clock, dry_run_history: bool,
                  supervisor: Optional[pykka.ActorRef] = None, slot: Optional[SessionSlot] = None,
-                 degraded_after_ms: int = 300_000):
+                 degraded_after_ms: int = 300_000, fresh_pairing: bool = False):
         super().__init__()
         self.account_id = account_id
         self.sessions, self.spool, self.writer = sessions, spool, writer
@@ -155,6 +155,7 @@ class AccountActor(pykka.ThreadingActor):
         self.supervisor = supervisor
         self.slot = slot or SessionSlot()
         self.degraded_after_ms = degraded_after_ms
+        self.fresh_pairing = fresh_pairing  # forget the stored session and pair a new device
         self.cursor = 0  # last spool seq handed to the writer
         self.state = m.AccountState(account_id=account_id, status=m.AccountStatus.CONNECTING, phone=phone)
         self.qr_code: Optional[str] = None
@@ -185,7 +186,12 @@ class AccountActor(pykka.ThreadingActor):
                 ref.tell(Wake())
 
         try:
-            session = self.sessions.open(self.account_id, self.state.phone, sink)
+            phone = self.state.phone
+            if self.fresh_pairing:
+                log.warning("[realtime] accountId=%s re-pair: forgetting the stored session", self.account_id)
+                self.sessions.forget(self.account_id)
+                phone = None  # a phone would resume the old session
+            session = self.sessions.open(self.account_id, phone, sink)
             self.slot.put(session)
             session.start()
         except Exception as exc:

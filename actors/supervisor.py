@@ -49,8 +49,8 @@ log = logging.getLogger("wasync.supervisor")
 
 STOP_CHILD_S = 15.0  # a child that does not stop within this is abandoned like a hung one
 
-# make_child(account_id, phone, supervisor_ref, slot) -> the started AccountActor's ref
-ChildFactory = Callable[[str, Optional[str], pykka.ActorRef, SessionSlot], pykka.ActorRef]
+# make_child(account_id, phone, supervisor_ref, slot, fresh_pairing) -> the started AccountActor's ref
+ChildFactory = Callable[[str, Optional[str], pykka.ActorRef, SessionSlot, bool], pykka.ActorRef]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class _Watch:
     # "needs_repair" | "logged_out" | "stream_replaced"; None = supervised normally.
     held: Optional[str] = None
     schedule_token: int = 0  # bumps invalidate scheduled starts
+    fresh_pairing: bool = False  # starts forget the stored session until a pairing succeeds
     scheduled: bool = False
     repair_flagged: bool = False  # the store says needsRepair (we wrote it or found it)
     overlay: dict = field(default_factory=dict)
@@ -244,7 +245,7 @@ class SupervisorActor(pykka.ThreadingActor):
     def _start(self, w: _Watch) -> None:
         slot = SessionSlot()
         try:
-            ref = self.make_child(w.account_id, w.phone, self.actor_ref, slot)
+            ref = self.make_child(w.account_id, w.phone, self.actor_ref, slot, w.fresh_pairing)
         except Exception as exc:
             log.exception("[supervisor] accountId=%s could not start: %s", w.account_id, exc)
             self._restart(w, f"could not start: {exc}", "start_failed")
@@ -377,7 +378,7 @@ class SupervisorActor(pykka.ThreadingActor):
         w = self._current(paired.account_id, paired.urn)
         if w is None:
             return
-        w.restarts, w.degraded_restart_ms = RestartLog(), None
+        w.restarts, w.degraded_restart_ms, w.fresh_pairing = RestartLog(), None, False
         w.repair_flagged = False  # the actor wrote needsRepair false with the pairing
         if self.alerts is not None:
             self.alerts.clear(w.account_id)
@@ -429,11 +430,18 @@ class SupervisorActor(pykka.ThreadingActor):
                         status.value)
 
     def _operator_restart(self, account_id: str) -> None:
-        """regenerate-qr / an operator's restart: a fresh start with a fresh restart budget."""
+        """regenerate-qr / an operator's restart: a fresh start with a fresh restart budget.
+        For an account that needs repair (or was logged out) that start is a new pairing:
+        resuming the stored session is what did not work."""
         w = self.watches.get(account_id)
         if w is None:
             self._reconcile(self.list_accounts())
-            return
+            w = self.watches.get(account_id)
+            if w is None or w.held is None:
+                return
+        if w.held in (AccountStatus.NEEDS_REPAIR.value, AccountStatus.LOGGED_OUT.value):
+            w.fresh_pairing = True
+            log.warning("[supervisor] accountId=%s re-pair requested: a new pairing starts", account_id)
         self._stop_child(w)
         w.held, w.restarts, w.degraded_restart_ms = None, RestartLog(), None
         w.schedule_token += 1

@@ -85,8 +85,9 @@ class Daemon:
                     metrics=self.metrics, clock=self.clock, dry_run_history=s.history_sync_dry_run,
                     degraded_after_ms=s.degraded_after_ms)
 
-        def make_child(account_id, phone, supervisor, slot):
-            return AccountActor.start(account_id, phone, supervisor=supervisor, slot=slot, **deps)
+        def make_child(account_id, phone, supervisor, slot, fresh_pairing=False):
+            return AccountActor.start(account_id, phone, supervisor=supervisor, slot=slot,
+                                      fresh_pairing=fresh_pairing, **deps)
 
         def write_fields(account_id: str, fields: dict) -> None:
             self.writer.tell(IngestBatch(account_id, account_fields=dict(fields)))

@@ -232,6 +232,33 @@ def test_degradation_only_repair_heals_alerts_once_and_flags_the_account(rig):
     assert len(receiver.for_account(account_id)) == 1
     assert at - t0 <= limit
 
+    # The operator re-pairs: regenerate-qr starts a new pairing (the stored session is
+    # what stayed deaf), the phone scans, and the flags clear.
+    status, answer = daemon.request("POST", f"/api/whatsapp/regenerate-qr/{account_id}")
+    assert status == 200, answer
+    code = wait_for(lambda: (lambda r: r[1] if r[0] == 200 else None)(
+        daemon.get(f"/api/whatsapp/accounts/{account_id}/qr?format=text")), 15, "a QR code for the re-pair")
+    assert health(daemon, account_id)["status"] == "pairing"
+    assert sim.scan(phone, code.decode() if isinstance(code, bytes) else code) == 200
+    h = watch_health(daemon, account_id, lambda h: h["status"] == "connected", 15)[-1]
+    assert h["needsRepair"] is False and h["repairReason"] is None
+    assert sim_account(sim, phone)["degraded"] is None, "the new pairing did not heal the simulator's session"
+
+    def cleared():
+        store = SqliteStore(Path(daemon.env["WASYNC_DATA_DIR"]) / "wasync.db")
+        try:
+            doc = store.get_account(account_id)
+        finally:
+            store.close()
+        return doc if doc.get("needsRepair") is False and not doc.get("repairRequestedAt") else None
+
+    wait_for(cleared, 10, "needsRepair cleared in the account document")
+    wait_for(lambda: metric(daemon, "wasync_account_needs_repair", f'account="{account_id}"') == 0.0, 10,
+             "the needs-repair gauge back to 0")
+    # Re-armed: the next incident alerts again.
+    sim.inject({"account": phone, "event": "logout", "reason": "LOGGED_OUT"})
+    wait_for(lambda: len(receiver.for_account(account_id)) == 2, 5, "a second alert for a new incident")
+
 
 def test_logout_needs_repair_at_once_with_an_alert_within_5_s(rig):
     sim, daemon, receiver = rig

@@ -633,3 +633,15 @@ def test_postgres_session_connects_through_the_shared_store(pg, pg_dsn, tmp_path
     for line in lines:
         assert "['ConnectFailure', 'Disconnected']" in line and "127.0.0.1:9" in line  # the store was fine
     assert pg.sql("SELECT count(*) FROM whatsmeow_device", database) == "1"  # nothing paired, nothing added
+
+
+def test_forget_moves_the_session_file_aside_for_a_new_pairing(transport, tmp_path):
+    sessions = tmp_path / "sessions"
+    sessions.mkdir(exist_ok=True)
+    (sessions / "acct-9.sqlite3").write_bytes(b"old device keys")
+    transport.forget("acct-9")
+    assert not (sessions / "acct-9.sqlite3").exists()
+    (aside,) = sessions.glob("acct-9.sqlite3.replaced-*")
+    assert aside.read_bytes() == b"old device keys"  # kept for forensics, never deleted
+    transport.forget("acct-9")  # nothing to move: no error
+    transport.forget("never-paired")

@@ -187,7 +187,7 @@ def test_a_session_that_cannot_start_is_reported_not_silent(tmp_path, caplog):
     store, board = parts.store, parts.board
     transport = UnavailableTransport("no transport in this build")
 
-    def make_child(account_id, phone, supervisor, slot):
+    def make_child(account_id, phone, supervisor, slot, fresh_pairing=False):
         return parts.account(account_id, phone, sessions=transport, supervisor=supervisor, slot=slot)
 
     gate = StartGate(50.0, parts.clock)

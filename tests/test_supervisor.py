@@ -30,6 +30,10 @@ FAST = SupervisionPolicy(backoff=Backoff(initial_ms=20, max_ms=100))
 class BrokenTransport:
     def __init__(self):
         self.opened = 0
+        self.forgotten = []
+
+    def forget(self, account_id):
+        self.forgotten.append(account_id)
 
     def open(self, account_id, phone, sink):
         self.opened += 1
@@ -48,10 +52,11 @@ class Rig:
         self.writer = StoreWriterActor.start(self.store, self.spool, self.board, self.metrics, self.clock)
         self.transport = BrokenTransport()
 
-        def make_child(account_id, phone, supervisor, slot):
+        def make_child(account_id, phone, supervisor, slot, fresh_pairing=False):
             return AccountActor.start(account_id, phone, sessions=self.transport, spool=self.spool,
                                       writer=self.writer, board=self.board, metrics=self.metrics, clock=self.clock,
-                                      dry_run_history=False, supervisor=supervisor, slot=slot)
+                                      dry_run_history=False, supervisor=supervisor, slot=slot,
+                                      fresh_pairing=fresh_pairing)
 
         def write_fields(account_id, fields):
             self.writer.tell(IngestBatch(account_id, account_fields=dict(fields)))
@@ -108,6 +113,7 @@ def test_an_operator_restart_gives_a_fresh_budget(rig_factory):
     wait_for(lambda: rig.alerts.open_incidents(), 10, "the first give-up")
     rig.supervisor.tell(("restart", "a1"))
     wait_for(lambda: rig.transport.opened == 12, 10, "six more starts after the operator's restart")
+    assert rig.transport.forgotten == ["a1"] * 6  # every start pairs afresh until a pairing succeeds
     wait_for(lambda: rig.board.account("a1").status is AccountStatus.NEEDS_REPAIR, 10, "given up again")
 
 

@@ -139,6 +139,19 @@ class NeonizeTransport:
     def describe_store(self) -> str:
         return mask("sessions_dsn", self.sessions_dsn) if self.sessions_dsn else str(self.sessions_path)
 
+    def forget(self, account_id: str) -> None:
+        """Make the next session of this account pair a new device (re-pair). SQLite: the
+        account's session file is moved aside (kept, renamed, for forensics), not deleted.
+        PostgreSQL: nothing to move; a session opened without a phone gets a fresh device
+        (the old device's rows stay until it is unlinked on the phone)."""
+        if self.sessions_dsn:
+            return
+        path = self.sessions_path / f"{safe_file_stem(account_id)}.sqlite3"
+        if path.exists():
+            aside = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
+            path.rename(aside)
+            log.warning("[realtime] accountId=%s session file moved aside to %s for a new pairing", account_id, aside)
+
     def store_for(self, session: "NeonizeSession") -> tuple[str, Any, bool]:
         """(database name for neonize, device JID or None, new_device) for a new client."""
         if not self.sessions_dsn:

@@ -81,3 +81,7 @@ class Session(Protocol):
 class SessionFactory(Protocol):
     def open(self, account_id: str, phone: Optional[str], sink: EventSink) -> Session:
         """A new, not yet started session for one account."""
+
+    def forget(self, account_id: str) -> None:
+        """Drop what lets the account resume its session, so that the next session opened
+        without a phone pairs afresh (re-pairing an account that needs repair)."""

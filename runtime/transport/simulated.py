@@ -61,6 +61,13 @@ class SimulatedTransport:
     def open(self, account_id: str, phone: Optional[str], sink: EventSink) -> "SimulatedSession":
         return SimulatedSession(self, account_id, phone, sink)
 
+    def forget(self, account_id: str) -> None:
+        """Drop the account's stored session so the next one pairs afresh (re-pair)."""
+        try:
+            (self.sessions_path / f"{account_id}.sim.json").unlink()
+        except FileNotFoundError:
+            pass
+
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
@@ -124,7 +131,7 @@ class SimulatedSession:
         self.account_id = account_id
         self.phone = phone
         self.sink = sink
-        self._keys = transport.sessions_path / f"{account_id}.sim.json"
+        self._keys = transport.sessions_path / f"{account_id}.sim.json"  # see SimulatedTransport.forget
         self._task: Optional[asyncio.Future] = None
         self._ws: Optional[aiohttp.ClientWebSocketResponse] = None
         self._replies: dict[int, asyncio.Future] = {}
