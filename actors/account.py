@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Optional
 
 import pykka
 
+from wasync.actors.messages import ChildFailed, Fault, HealthReport, Paired, PairPhone, Probe, SessionEnded, Wake
 from wasync.actors.policy.health import HealthFacts, Verdict, protocol_streak, verdict
+from wasync.actors.slot import SessionSlot
 from wasync.actors.writer import IngestBatch, merge_account_fields
 from wasync.runtime import model as m
 from wasync.runtime.board import Board
@@ -36,107 +38,6 @@ UNDECRYPTABLE_WINDOW_MS = 10 * 60_000  # undecryptable messages count towards a 
 # Fault.kind "block" waits on this forever: a stand-in for a handler stuck in a call
 # that never returns (tests of the supervisor's liveness check).
 _NEVER = threading.Event()
-
-
-@dataclass(frozen=True)
-class Wake:
-    pass
-
-
-@dataclass(frozen=True)
-class PairPhone:
-    """Ask for a pairing code for `phone` (answered with the code)."""
-
-    phone: str
-
-
-@dataclass(frozen=True)
-class ChildFailed:
-    """Told to the supervisor when an account actor could not go on."""
-
-    account_id: str
-    error: str
-    urn: Optional[str] = None  # which actor: a report from a replaced one is ignored
-
-
-@dataclass(frozen=True)
-class Probe:
-    """The supervisor's liveness ask: answered with a HealthReport told back to it. An
-    actor that does not answer within WASYNC_HUNG_AFTER_MS is replaced."""
-
-    seq: int
-
-
-@dataclass(frozen=True)
-class HealthReport:
-    account_id: str
-    urn: str
-    seq: int
-    facts: HealthFacts
-    verdict: Verdict
-    session_failure: Optional[str] = None  # the transport's connection loop died
-
-
-@dataclass(frozen=True)
-class SessionEnded:
-    """The session ended for a reason the supervisor must act on (no transport retries it):
-    kind "logged_out" | "stream_replaced" | "banned"."""
-
-    account_id: str
-    urn: str
-    kind: str
-    reason: str
-    retry_after_ms: Optional[int] = None
-
-
-@dataclass(frozen=True)
-class Paired:
-    account_id: str
-    urn: str
-
-
-@dataclass(frozen=True)
-class Fault:
-    """Fault injection (WASYNC_DEBUG_FAULTS only): "raise" in a handler, or "block" one forever."""
-
-    kind: str
-
-
-class SlotClosed(RuntimeError):
-    pass
-
-
-class SessionSlot:
-    """Where an account's session lives, reachable from the supervisor's thread too: an
-    actor stuck in a handler cannot stop its own session, so the supervisor kills the
-    slot (stops the session, refuses new ones) before it starts a replacement."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._session = None
-        self.killed = False
-
-    def put(self, session) -> None:
-        with self._lock:
-            if self.killed:
-                raise SlotClosed("this account actor was replaced")
-            self._session = session
-
-    def current(self):
-        with self._lock:
-            return self._session
-
-    def take(self):
-        with self._lock:
-            session, self._session = self._session, None
-            return session
-
-    def kill(self) -> None:
-        with self._lock:
-            self.killed = True
-            session, self._session = self._session, None
-        if session is not None:
-            session.stop()
 
 
 class AccountActor(pykka.ThreadingActor):

@@ -33,7 +33,8 @@ from typing import Callable, Optional
 
 import pykka
 
-from wasync.actors.account import ChildFailed, HealthReport, Paired, Probe, SessionEnded, SessionSlot
+from wasync.actors.messages import ChildFailed, HealthReport, Paired, Probe, SessionEnded
+from wasync.actors.slot import SessionSlot
 from wasync.actors.policy.backoff import Backoff
 from wasync.actors.policy.escalation import REPAIR, on_degraded, recovered
 from wasync.actors.policy.intensity import MAX_RESTARTS, WINDOW_MS, RestartLog, check_restart

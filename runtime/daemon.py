@@ -247,7 +247,7 @@ class Daemon:
         return code
 
     def pair_phone(self, account_id: str, phone: str) -> str:
-        from wasync.actors.account import PairPhone
+        from wasync.actors.messages import PairPhone
 
         child = self.supervisor.ask(("child", account_id), timeout=10)
         if child is None:
@@ -258,7 +258,7 @@ class Daemon:
     def inject_fault(self, account_id: str, kind: str) -> None:
         """Test-only (WASYNC_DEBUG_FAULTS): make the account's actor raise in a handler
         ("raise") or block in one forever ("block"), to exercise supervision for real."""
-        from wasync.actors.account import Fault
+        from wasync.actors.messages import Fault
 
         child = self.supervisor.ask(("child", account_id), timeout=10)
         if child is None:
