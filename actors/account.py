@@ -212,7 +212,7 @@ class AccountActor(pykka.ThreadingActor):
         facts, v = self._evaluate()
         self._publish()
         session = self.session
-        failure = getattr(session, "failure", None) if session is not None else None
+        failure = session.failure if session is not None else None
         self._tell_supervisor(HealthReport(self.account_id, self.actor_urn, probe.seq, facts, v,
                                            None if failure is None else f"{type(failure).__name__}: {failure}"))
 

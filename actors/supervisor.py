@@ -39,6 +39,7 @@ from wasync.actors.policy.backoff import Backoff
 from wasync.actors.policy.escalation import REPAIR, on_degraded, recovered
 from wasync.actors.policy.intensity import MAX_RESTARTS, WINDOW_MS, RestartLog, check_restart
 from wasync.actors.timers import tell_later
+from wasync.runtime.alerts import Alerts
 from wasync.runtime.board import Board
 from wasync.runtime.clock import Clock
 from wasync.runtime.metrics import Metrics
@@ -114,7 +115,8 @@ class SupervisorActor(pykka.ThreadingActor):
         self.list_accounts = list_accounts
         self.board, self.metrics, self.gate = board, metrics, gate
         self.clock = clock or Clock()
-        self.alerts = alerts
+        # Without a webhook an Alerts still keeps the incidents and logs the [supervisor] line.
+        self.alerts = alerts or Alerts("-", None, clock=self.clock)
         self.write_fields = write_fields or (lambda account_id, fields: None)
         self.policy = policy
         self.rand = rand or random.Random()
@@ -191,8 +193,7 @@ class SupervisorActor(pykka.ThreadingActor):
         status = AccountStatus.LOGGED_OUT if doc.get("status") == "logged_out" else AccountStatus.NEEDS_REPAIR
         reason = doc.get("repairReason") or "needs repair"
         w.held, w.repair_flagged = status.value, True
-        if self.alerts is not None:
-            self.alerts.raise_alert(w.account_id, reason, status.value, notify=False)
+        self.alerts.raise_alert(w.account_id, reason, status.value, notify=False)
         self._overlay(w, status=status, needs_repair=True, repair_reason=reason,
                       warning=f"{reason}: not started; pair it again (regenerate-qr)")
         log.warning("[supervisor] accountId=%s needs repair (%s): not started", w.account_id, reason)
@@ -202,8 +203,7 @@ class SupervisorActor(pykka.ThreadingActor):
         w.schedule_token += 1
         self._stop_child(w)
         self.board.drop_account(account_id)
-        if self.alerts is not None:
-            self.alerts.clear(account_id)
+        self.alerts.clear(account_id)
         log.info("[supervisor] accountId=%s stopped (removed)", account_id)
 
     # --- scheduled starts (backoff, bans, storm control) ---------------------------------
@@ -335,13 +335,17 @@ class SupervisorActor(pykka.ThreadingActor):
             self._recovered(w)
 
     def _recovered(self, w: _Watch) -> None:
-        if self.alerts is not None and w.account_id in self.alerts.open_incidents():
-            self.alerts.clear(w.account_id)
-            log.info("[supervisor] accountId=%s recovered: re-pair alert re-armed", w.account_id)
-        if w.repair_flagged:
-            w.repair_flagged = False
+        if w.account_id in self.alerts.open_incidents() or w.repair_flagged:
+            log.info("[supervisor] accountId=%s recovered: repair cleared, alert re-armed", w.account_id)
+            self._clear_repair(w, write_store=w.repair_flagged)
+
+    def _clear_repair(self, w: _Watch, write_store: bool) -> None:
+        """The incident is over: re-arm the alert, drop the repair flags (board, store)."""
+        self.alerts.clear(w.account_id)
+        w.repair_flagged = False
+        if write_store:
             self.write_fields(w.account_id, {"needsRepair": False, "repairReason": None, "repairRequestedAt": None})
-            self._overlay(w, needs_repair=False, repair_reason=None, repair_requested_ms=None)
+        self._overlay(w, needs_repair=False, repair_reason=None, repair_requested_ms=None)
 
     def _child_failed(self, failure: ChildFailed) -> None:
         w = self._current(failure.account_id, failure.urn)
@@ -380,10 +384,7 @@ class SupervisorActor(pykka.ThreadingActor):
         if w is None:
             return
         w.restarts, w.degraded_restart_ms, w.fresh_pairing = RestartLog(), None, False
-        w.repair_flagged = False  # the actor wrote needsRepair false with the pairing
-        if self.alerts is not None:
-            self.alerts.clear(w.account_id)
-        self._overlay(w, needs_repair=False, repair_reason=None, repair_requested_ms=None)
+        self._clear_repair(w, write_store=False)  # the actor wrote needsRepair false with the pairing
         log.info("[supervisor] accountId=%s paired: repair cleared", w.account_id)
 
     # --- actions ---------------------------------------------------------------------------
@@ -424,11 +425,7 @@ class SupervisorActor(pykka.ThreadingActor):
                       repair_requested_ms=now, warning=f"{reason}: restarts stopped; pair it again (regenerate-qr)")
         self.write_fields(w.account_id, {"status": status.value, "needsRepair": True, "repairReason": reason,
                                          "repairRequestedAt": SERVER_TIME})
-        if self.alerts is not None:
-            self.alerts.raise_alert(w.account_id, reason, status.value, since_ms=now)
-        else:
-            log.warning("[supervisor] accountId=%s needs re-pair: reason=%s status=%s", w.account_id, reason,
-                        status.value)
+        self.alerts.raise_alert(w.account_id, reason, status.value, since_ms=now)
 
     def _operator_restart(self, account_id: str) -> None:
         """regenerate-qr / an operator's restart: a fresh start with a fresh restart budget.

@@ -56,6 +56,9 @@ class CapabilityAbsent(SessionError):
 class Session(Protocol):
     account_id: str
     capabilities: Capabilities
+    # Set when the transport's own loop ended for good without being asked (a crash, a
+    # first connect that failed): the supervisor's liveness check restarts the account.
+    failure: Optional[BaseException]
 
     def start(self) -> None:
         """Begin connecting on the transport's own thread; return at once."""
