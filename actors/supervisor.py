@@ -35,7 +35,7 @@ import pykka
 
 from wasync.actors.messages import ChildFailed, HealthReport, Paired, Probe, SessionEnded
 from wasync.actors.slot import SessionSlot
-from wasync.actors.policy.backoff import Backoff
+from wasync.runtime.backoff import Backoff
 from wasync.actors.policy.escalation import REPAIR, on_degraded, recovered
 from wasync.actors.policy.intensity import MAX_RESTARTS, WINDOW_MS, RestartLog, check_restart
 from wasync.actors.timers import tell_later

@@ -18,6 +18,7 @@ import urllib.request
 from datetime import datetime, timezone
 from typing import Optional
 
+from wasync.runtime.backoff import Backoff
 from wasync.runtime.clock import Clock
 
 log = logging.getLogger("wasync.alerts")
@@ -39,12 +40,12 @@ class _Permanent(Exception):
 
 class Alerts:
     def __init__(self, instance_id: str, webhook_url: Optional[str], *, clock: Clock,
-                 retry: tuple[float, float] = (1.0, 300.0), max_attempts: Optional[int] = None,
+                 retry: Backoff = Backoff(initial_ms=1_000, max_ms=300_000), max_attempts: Optional[int] = None,
                  http_timeout_s: float = 10) -> None:
         self._instance_id = instance_id
         self._url = webhook_url or None
         self._clock = clock
-        self._base_s, self._cap_s = retry
+        self._retry = retry
         self._max_attempts = max_attempts
         self._http_timeout_s = http_timeout_s
         self._lock = threading.Lock()
@@ -133,9 +134,7 @@ class Alerts:
                     log.error("re-pair alert for %s not delivered after %d attempts (%s); giving up",
                               payload["accountId"], attempt, exc)
                     return True
-                delay = min(self._cap_s, self._base_s * 2 ** (attempt - 1))
-                # Jitter so many instances alerting at once do not retry in lockstep.
-                delay *= random.uniform(0.8, 1.2)
+                delay = self._retry.delay_s(attempt - 1, random.random())
                 log.info("re-pair alert for %s failed (%s); retry %d in %.2fs",
                          payload["accountId"], exc, attempt, delay)
                 if self._stop.wait(delay):

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from wasync.runtime.alerts import Alerts
+from wasync.runtime.backoff import Backoff
 from wasync.runtime.clock import FakeClock
 
 SINCE_MS = 1_763_900_000_123
@@ -87,7 +88,7 @@ def alerts_factory():
     made: list[Alerts] = []
 
     def make(url, **kw) -> Alerts:
-        kw.setdefault("retry", (0.05, 0.2))
+        kw.setdefault("retry", Backoff(initial_ms=50, max_ms=200))
         kw.setdefault("http_timeout_s", 2)
         a = Alerts("inst-1", url, clock=FakeClock(), **kw)
         made.append(a)
@@ -225,7 +226,7 @@ def test_no_webhook_logs_only(alerts_factory, caplog):
 def test_close_ends_thread_and_interrupts_backoff(alerts_factory, caplog):
     caplog.set_level(logging.INFO, logger="wasync.alerts")
     # Long backoff against a closed port: close() must not wait it out.
-    alerts = alerts_factory(f"http://127.0.0.1:{free_port()}/hook", retry=(30.0, 60.0))
+    alerts = alerts_factory(f"http://127.0.0.1:{free_port()}/hook", retry=Backoff(initial_ms=30_000, max_ms=60_000))
     alerts.raise_alert("acc-1", "logged_out", "needs_repair", SINCE_MS)
     wait_for(lambda: alerts.stats()["failed_attempts"] == 1)
     thread = alerts._thread

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from wasync.actors.policy.backoff import Backoff, unit
+from wasync.runtime.backoff import Backoff, unit
 from wasync.actors.policy.escalation import REPAIR, RESTART, escalation_window_ms, on_degraded, recovered
 from wasync.actors.policy.health import HealthFacts, Verdict, human_ms, protocol_streak, verdict
 from wasync.actors.policy.intensity import RestartLog, check_restart

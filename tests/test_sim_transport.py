@@ -8,6 +8,7 @@ import pytest
 
 from simproc import SimProcess, wait_for
 from wasync.runtime import model as m
+from wasync.runtime.backoff import Backoff
 from wasync.runtime.transport.normalize import normalize
 from wasync.runtime.transport.session import InvalidRecipient, NotConnected
 from wasync.runtime.transport.simulated import SimulatedTransport
@@ -55,7 +56,7 @@ def sim(tmp_path_factory):
 
 @pytest.fixture
 def transport(sim, tmp_path):
-    t = SimulatedTransport("127.0.0.1", sim.port, tmp_path / "sessions", backoff_s=(0.05, 0.5))
+    t = SimulatedTransport("127.0.0.1", sim.port, tmp_path / "sessions", backoff=Backoff(initial_ms=50, max_ms=500))
     yield t
     t.close()
 

@@ -13,7 +13,7 @@ import pytest
 from simproc import wait_for
 from wasync.actors.account import AccountActor
 from wasync.actors.messages import ChildFailed
-from wasync.actors.policy.backoff import Backoff
+from wasync.runtime.backoff import Backoff
 from wasync.actors.startgate import StartGate
 from wasync.actors.supervisor import SupervisionPolicy, SupervisorActor
 from wasync.actors.writer import IngestBatch, StoreWriterActor

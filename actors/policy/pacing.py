@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from wasync.actors.policy.backoff import Rand, unit
+from wasync.runtime.backoff import Rand, unit
 
 DEFAULT_RATE = 5.0  # WASYNC_MAX_STARTS_PER_SECOND
 DEFAULT_JITTER = 0.2

@@ -19,6 +19,7 @@ from google.auth import exceptions as auth_exc
 from google.cloud import firestore
 from google.cloud.firestore import FieldFilter
 
+from wasync.runtime.backoff import Backoff
 from wasync.runtime.store.base import JOBS, Fence, JobLock, Lease, NotFound, OutboxItem, StaleFence, StoreError
 from wasync.runtime.store.schema import (
     ACCOUNTS,
@@ -37,6 +38,7 @@ from wasync.runtime.store.schema import (
 T = TypeVar("T")
 
 TX_ATTEMPTS = 8
+TX_BACKOFF = Backoff(initial_ms=10, max_ms=500, jitter=0.5)  # between contended attempts
 TX_READ_TIMEOUT_S = 10.0  # a read blocked behind another transaction's lock gives up here
 
 # Without these, a read of an unreachable Firestore retries for 300 s and a write for
@@ -78,7 +80,6 @@ def _aborted(exc: BaseException) -> bool:
 
 
 def run_tx(db: firestore.Client, body: Callable[[Any], T]) -> T:
-    delay = 0.01
     for attempt in range(TX_ATTEMPTS):
         try:
             return firestore.transactional(body)(db.transaction(max_attempts=1))
@@ -91,8 +92,7 @@ def run_tx(db: firestore.Client, body: Callable[[Any], T]) -> T:
                 raise
             if attempt == TX_ATTEMPTS - 1:
                 raise StoreError(f"firestore transaction still contended after {TX_ATTEMPTS} attempts") from exc
-        time.sleep(random.uniform(delay / 2, delay * 1.5))
-        delay = min(delay * 2, 0.5)
+        time.sleep(TX_BACKOFF.delay_s(attempt, random.random()))
     raise AssertionError("unreachable")
 
 

@@ -26,6 +26,7 @@ from typing import Any, Optional
 import aiohttp
 from neonize.proto import Neonize_pb2
 
+from wasync.runtime.backoff import Backoff
 from wasync.runtime.sim import wire
 from wasync.runtime.transport.session import (
     Capabilities, EventSink, InvalidRecipient, NotConnected, RateLimited, SendResult,
@@ -42,11 +43,12 @@ _NO_RECONNECT = ("stream_replaced", "logged_out", "banned")
 class SimulatedTransport:
     """SessionFactory for the simulator at (host, port); owns the shared loop thread."""
 
-    def __init__(self, host: str, port: int, sessions_path: str | Path, *, backoff_s=(0.2, 10.0), gate=None):
+    def __init__(self, host: str, port: int, sessions_path: str | Path, *,
+                 backoff: Backoff = Backoff(initial_ms=200, max_ms=10_000), gate=None):
         self.url = f"http://{host}:{port}{wire.SESSION_PATH}"
         self.gate = gate  # actors/startgate.StartGate (wired by the daemon), or None: reconnect without pacing
         self.sessions_path = Path(sessions_path)
-        self.backoff_s = backoff_s
+        self.backoff = backoff  # between reconnects after a dropped socket
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._http: Optional[aiohttp.ClientSession] = None
@@ -224,12 +226,12 @@ class SimulatedSession:
             raise
 
     async def _connection_loop(self) -> None:
-        delay = self.transport.backoff_s[0]
+        attempt = 0
         while not self._stopping:
             closing = None
             try:
                 closing = await self._connect_once()
-                delay = self.transport.backoff_s[0]
+                attempt = 0
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 log.info("[realtime] accountId=%s simulator unreachable: %s", self.account_id, exc)
             except _SinkFailed as exc:
@@ -247,7 +249,7 @@ class SimulatedSession:
                 return
             wait = (closing or {}).get("retry_after_s")
             if wait is None:
-                wait, delay = delay * random.uniform(0.8, 1.2), min(delay * 2, self.transport.backoff_s[1])
+                wait, attempt = self.transport.backoff.delay_s(attempt, random.random()), attempt + 1
             await asyncio.sleep(wait)
             if self.transport.gate is not None and not self._stopping:
                 await asyncio.sleep(self.transport.gate.reserve_delay_s())

@@ -1,10 +1,12 @@
-"""Restart backoff: how long the supervisor waits before restarting a failed session.
+"""Exponential backoff with jitter: the one retry-delay rule of the daemon.
 
-Why exponential: a session that fails again right after a restart is usually failing
-for a reason that lasts (network down, WhatsApp throttling us), so hammering it only
-adds load and risks a ban. Why capped: once the cause goes away we want the account
-back within minutes, not hours. Why jitter: after a shared outage hundreds of
-accounts fail together; without jitter they would all retry in the same instant.
+Every retry loop uses it: the supervisor's restarts, the store writer's retries, the
+Firestore transaction retries, the simulated transport's reconnects and the re-pair
+webhook. Why exponential: something that fails again right after a retry is usually
+failing for a reason that lasts (network down, store down, WhatsApp throttling us), so
+hammering it only adds load. Why capped: once the cause goes away we want to be back
+within the cap, not hours later. Why jitter: after a shared outage hundreds of accounts
+(or instances) fail together; without jitter they would all retry in the same instant.
 
 Pure: the attempt number and the randomness are passed in, nothing reads a clock.
 """
@@ -27,7 +29,8 @@ def unit(r: Rand) -> float:
 
 @dataclass(frozen=True)
 class Backoff:
-    """Defaults from DESIGN.md "Supervision": 2 s → 5 min, ×2, ±20 %."""
+    """Defaults are the supervisor's restart delays (DESIGN.md "Supervision"): 2 s → 5 min,
+    ×2, ±20 %. `attempt` 0 is the first retry."""
 
     initial_ms: int = 2_000
     max_ms: int = 300_000
@@ -70,3 +73,6 @@ class Backoff:
         """Smallest and largest delay `delay_ms` can return for `attempt`."""
         base = self.base_ms(attempt)
         return max(1, round(base * (1.0 - self.jitter))), round(base * (1.0 + self.jitter))
+
+    def delay_s(self, attempt: int, rand: Rand) -> float:
+        return self.delay_ms(attempt, rand) / 1000
