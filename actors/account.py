@@ -229,7 +229,7 @@ class AccountActor(pykka.ThreadingActor):
             except NormalizeError as exc:
                 self.metrics.normalize_errors.inc()
                 self.metrics.quarantined.inc()
-                self.spool.quarantine(row.seq, str(exc))
+                self.spool.quarantine([row.seq], str(exc))
                 log.warning("[realtime] accountId=%s quarantined seq=%d: %s", self.account_id, row.seq, exc)
                 continue
             batch.seqs.append(row.seq)

@@ -2,20 +2,28 @@
 
 A transport callback appends the raw event bytes and returns: that append is the
 acknowledgement point, so WhatsApp may forget the event. Rows leave the spool only once
-the store has confirmed what they became (`done`), or, if they cannot be understood,
-into the quarantine table with the reason (`quarantine`): nothing is dropped silently.
+the store has confirmed what they became (`done`), or, if they cannot be written, into
+the quarantine table with the reason (`quarantine`): nothing is dropped silently.
 On start, rows left behind are replayed before new events (they come first in `seq`).
+
+Every write goes through `_tx`, which rolls back on any error: a failed `done()` must
+never leave the shared connection inside an open transaction, or the appends after it
+(the ack point!) would join a transaction nobody commits. Readers borrow a connection
+from a small pool, so threads that come and go (replaced actors) leave none behind.
 
 Durability: WAL with synchronous=NORMAL survives a crash of the process (SIGKILL), not
 a power cut of the machine in the last moments before a checkpoint.
 """
 from __future__ import annotations
 
+import queue
 import sqlite3
 import threading
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 from wasync.runtime.clock import Clock
 
@@ -27,7 +35,9 @@ CREATE INDEX IF NOT EXISTS events_by_account ON events (account_id, seq);
 CREATE TABLE IF NOT EXISTS quarantine (
     seq INTEGER PRIMARY KEY, account_id TEXT NOT NULL, kind TEXT NOT NULL, raw BLOB NOT NULL,
     received_at_ms INTEGER NOT NULL, reason TEXT NOT NULL, quarantined_at_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+IDLE_READERS = 4  # reader connections kept open between reads
 
 
 @dataclass(frozen=True)
@@ -40,78 +50,117 @@ class SpoolRow:
 
 
 class Spool:
-    def __init__(self, path: str | Path, clock: Optional[Clock] = None):
+    def __init__(self, path: str | Path, clock: Optional[Clock] = None, *, busy_timeout_s: float = 30.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.clock = clock or Clock()
+        self._busy_timeout_s = busy_timeout_s
         # One writing connection behind a lock: appends come from many transport threads
-        # and each is one tiny transaction; readers use their own connections.
+        # and each is one tiny transaction.
         self._writer = self._connect()
-        self._writer.executescript(_SCHEMA)
         self._write_lock = threading.Lock()
-        self._local = threading.local()
+        self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._closed = False
+        self._writer.executescript(_SCHEMA)
+        with self._tx() as conn:
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('id', ?)", (uuid.uuid4().hex,))
+        with self._reading() as conn:
+            # Which journal a row came from: seqs are only comparable within one spool
+            # file, so replay-safe counters remember the last seq they counted per spool.
+            self.id: str = conn.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0]
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=self._busy_timeout_s)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
-    def _reader(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-        return conn
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """The one way to write: BEGIN IMMEDIATE … COMMIT, or ROLLBACK on any error."""
+        with self._write_lock:
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+                self._writer.execute("COMMIT")
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
+            conn = self._connect()
+        try:
+            yield conn
+        finally:
+            if self._closed or self._idle.qsize() >= IDLE_READERS:
+                conn.close()
+            else:
+                self._idle.put(conn)
 
     def append(self, account_id: str, kind: str, raw: bytes) -> int:
         """Make one raw event durable; returns its sequence number. The ack point."""
-        with self._write_lock:
-            cur = self._writer.execute(
+        with self._tx() as conn:
+            cur = conn.execute(
                 "INSERT INTO events (account_id, kind, raw, received_at_ms) VALUES (?, ?, ?, ?)",
                 (account_id, kind, raw, self.clock.wall_ms()))
             return cur.lastrowid
 
     def pending(self, account_id: str, after_seq: int = 0, limit: int = 500) -> list[SpoolRow]:
-        rows = self._reader().execute(
-            "SELECT seq, account_id, kind, raw, received_at_ms FROM events "
-            "WHERE account_id = ? AND seq > ? ORDER BY seq LIMIT ?", (account_id, after_seq, limit)).fetchall()
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT seq, account_id, kind, raw, received_at_ms FROM events "
+                "WHERE account_id = ? AND seq > ? ORDER BY seq LIMIT ?", (account_id, after_seq, limit)).fetchall()
         return [SpoolRow(*row) for row in rows]
 
     def done(self, seqs: Iterable[int]) -> None:
-        seqs = [(s,) for s in seqs]
-        if not seqs:
+        rows = [(s,) for s in seqs]
+        if not rows:
             return
-        with self._write_lock:
-            self._writer.execute("BEGIN")
-            self._writer.executemany("DELETE FROM events WHERE seq = ?", seqs)
-            self._writer.execute("COMMIT")
+        with self._tx() as conn:
+            conn.executemany("DELETE FROM events WHERE seq = ?", rows)
 
-    def quarantine(self, seq: int, reason: str) -> None:
-        """Keep an event nobody can understand, with why, out of the ingest path."""
-        with self._write_lock:
-            self._writer.execute("BEGIN")
-            self._writer.execute(
+    def quarantine(self, seqs: Iterable[int], reason: str) -> None:
+        """Keep events that cannot be written, with why, out of the ingest path."""
+        rows = [(reason, self.clock.wall_ms(), s) for s in seqs]
+        if not rows:
+            return
+        with self._tx() as conn:
+            conn.executemany(
                 "INSERT OR REPLACE INTO quarantine SELECT seq, account_id, kind, raw, received_at_ms, ?, ? "
-                "FROM events WHERE seq = ?", (reason, self.clock.wall_ms(), seq))
-            self._writer.execute("DELETE FROM events WHERE seq = ?", (seq,))
-            self._writer.execute("COMMIT")
+                "FROM events WHERE seq = ?", rows)
+            conn.executemany("DELETE FROM events WHERE seq = ?", [(seq,) for _, _, seq in rows])
 
     def quarantined(self, account_id: Optional[str] = None) -> list[tuple[int, str, str]]:
         sql = "SELECT seq, kind, reason FROM quarantine"
         args: tuple = ()
         if account_id:
             sql, args = sql + " WHERE account_id = ?", (account_id,)
-        return self._reader().execute(sql + " ORDER BY seq", args).fetchall()
+        with self._reading() as conn:
+            return conn.execute(sql + " ORDER BY seq", args).fetchall()
 
     def depth(self) -> int:
-        return self._reader().execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        with self._reading() as conn:
+            return conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
     def oldest_received_ms(self) -> Optional[int]:
-        return self._reader().execute("SELECT MIN(received_at_ms) FROM events").fetchone()[0]
+        with self._reading() as conn:
+            return conn.execute("SELECT MIN(received_at_ms) FROM events").fetchone()[0]
 
     def accounts_with_pending(self) -> list[str]:
-        return [a for (a,) in self._reader().execute("SELECT DISTINCT account_id FROM events")]
+        with self._reading() as conn:
+            return [a for (a,) in conn.execute("SELECT DISTINCT account_id FROM events")]
 
     def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                break
         with self._write_lock:
             self._writer.close()

@@ -42,42 +42,6 @@ class UnavailableTransport:
         raise RuntimeError(self.reason)
 
 
-# --- spool ------------------------------------------------------------------------------
-
-
-def test_spool_keeps_rows_until_done_and_across_reopen(tmp_path):
-    spool = Spool(tmp_path / "spool.db")
-    seqs = [spool.append("a1", "Message", b"raw%d" % n) for n in range(5)]
-    spool.append("a2", "Receipt", b"other")
-    assert [r.seq for r in spool.pending("a1")] == seqs
-    assert [r.seq for r in spool.pending("a1", after_seq=seqs[1], limit=2)] == seqs[2:4]
-    spool.done(seqs[:2])
-    spool.close()
-    again = Spool(tmp_path / "spool.db")  # a restart: what was not done is still there, in order
-    assert [r.raw for r in again.pending("a1")] == [b"raw2", b"raw3", b"raw4"]
-    assert again.depth() == 4 and sorted(again.accounts_with_pending()) == ["a1", "a2"]
-    assert again.oldest_received_ms() is not None
-
-
-def test_spool_quarantine_keeps_the_row_and_the_reason(tmp_path):
-    spool = Spool(tmp_path / "spool.db")
-    seq = spool.append("a1", "Message", b"\xff\xfe garbage")
-    spool.quarantine(seq, "does not parse")
-    assert spool.pending("a1") == [] and spool.depth() == 0
-    assert spool.quarantined("a1") == [(seq, "Message", "does not parse")]
-
-
-def test_concurrent_appends_from_many_threads(tmp_path):
-    spool = Spool(tmp_path / "spool.db")
-    threads = [threading.Thread(target=lambda n=n: [spool.append(f"a{n}", "Message", b"x") for _ in range(200)])
-               for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert spool.depth() == 1600
-
-
 def test_account_fields_merge_adds_counters():
     into = {"historySyncCount": Increment(1), "status": "connecting"}
     merge_account_fields(into, {"historySyncCount": Increment(2), "status": "connected"})
