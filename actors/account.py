@@ -64,7 +64,7 @@ class AccountActor(pykka.ThreadingActor):
         self.link = "connecting"  # connecting | connected | disconnected | pairing
         self.logged_out_reason: Optional[str] = None
         self.undecryptable: deque[int] = deque()  # wall ms of recent undecryptable messages
-        self.streak: tuple[Optional[int], int] = (None, 0)  # protocol-only streak (start ms, count)
+        self.streak: tuple[Optional[int], int, Optional[int]] = (None, 0, None)  # (start ms, beats, last beat ms)
 
     @property
     def session(self):
@@ -256,7 +256,7 @@ class AccountActor(pykka.ThreadingActor):
             self.metrics.messages_ingested.labels(source=event.sync_source.value, type=event.message_type.value).inc()
             self.metrics.message_class.labels(**{"class": "real"}).inc()
             self.state = replace(self.state, last_real_message_ms=now, real_messages=self.state.real_messages + 1)
-            self.streak = (None, 0)
+            self.streak = (None, 0, None)
             batch.account_fields.update(lastRealtimeIngestAt=SERVER_TIME,
                                         lastRealtimeMessageAt=ms_to_dt(event.ts_client_ms))
             self.board.publish_realtime(self.account_id, lastRealtimeIngestAt=now,
@@ -273,7 +273,7 @@ class AccountActor(pykka.ThreadingActor):
                 # The phone pushing its history proves the session is not deaf (and a big
                 # initial sync comes with minutes of protocol notices). Answers to our own
                 # requests prove nothing about live delivery.
-                self.streak = (None, 0)
+                self.streak = (None, 0, None)
             self._history(event, batch)
         elif isinstance(event, m.Receipt):
             self.metrics.receipts.labels(kind=event.kind.value).inc()
@@ -311,7 +311,7 @@ class AccountActor(pykka.ThreadingActor):
         now = self.clock.wall_ms()
         if isinstance(event, m.Connected):
             self.link = "connected"
-            self.streak = (None, 0)
+            self.streak = (None, 0, None)
             self.state = replace(self.state, connected_since_ms=now, keepalive_timeouts=0)
         elif isinstance(event, m.Disconnected):
             if self.link != "pairing":

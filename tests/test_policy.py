@@ -218,7 +218,9 @@ HEALTH_TABLE = [
     ("protocol_only_since_connect_no_real", F(**S_(T0 + 1_000, NOW - 1_000), **C), S.DEGRADED, True,
      "protocol_only", "for 59 min:"),
     ("streak_too_short_to_count", F(**S_(T0 + 1_000, NOW - 1_000, count=2), **C), S.CONNECTED, False, None, None),
-    ("streak_stopped_is_quiet", F(**S_(T0 + 1_000, NOW - DEG // 2 - 1), **C), S.CONNECTED, False, None, None),
+    ("streak_stopped_is_quiet", F(**S_(T0 + 1_000, NOW - DEG), **C), S.CONNECTED, False, None, None),
+    ("streak_still_flowing_just_inside_a_gap", F(**S_(T0 + 1_000, NOW - DEG + 1), **C), S.DEGRADED, True,
+     "protocol_only", "looks deaf"),
     ("streak_older_than_real_message", F(last_real_ms=NOW - MIN, **S_(NOW - 30 * MIN, NOW), **C), S.CONNECTED,
      False, None, None),
     ("protocol_burst_on_connect_then_quiet", F(**S_(T0 + 1_000, T0 + 2_000), **C), S.CONNECTED, False, None, None),
@@ -264,32 +266,87 @@ def test_health_facts_are_immutable():
         F().connected = True  # type: ignore[misc]
 
 
+HALF = DEG // 2
 STREAK_TABLE = [
-    # id, (start, count, last), now, expected (start, count)
-    ("first_message", (None, 0, None), T0, (T0, 1)),
-    ("continues_within_gap", (T0, 2, T0 + 1000), T0 + 1000 + DEG // 2, (T0, 3)),
-    ("pause_longer_than_gap_restarts", (T0, 5, T0 + 1000), T0 + 1001 + DEG // 2, (T0 + 1001 + DEG // 2, 1)),
-    ("start_without_last_restarts", (T0, 5, None), T0 + 10, (T0 + 10, 1)),
+    # id, (start, beats, last beat, last message), now, expected (start, beats, last beat)
+    ("first_message", (None, 0, None, None), T0, (T0, 1, T0)),
+    ("a_beat_half_a_threshold_after_the_last", (T0, 2, T0, T0 + 1000), T0 + HALF, (T0, 3, T0 + HALF)),
+    ("closer_than_half_adds_no_beat", (T0, 2, T0, T0 + 1000), T0 + HALF - 1, (T0, 2, T0)),
+    ("continues_just_under_the_threshold", (T0, 2, T0 + 1000, T0 + 1000), T0 + 1000 + DEG - 1,
+     (T0, 3, T0 + 1000 + DEG - 1)),
+    ("a_pause_of_the_threshold_restarts", (T0, 5, T0, T0 + 1000), T0 + 1000 + DEG,
+     (T0 + 1000 + DEG, 1, T0 + 1000 + DEG)),
+    ("start_without_last_restarts", (T0, 5, T0, None), T0 + 10, (T0 + 10, 1, T0 + 10)),
 ]
 
 
 @pytest.mark.parametrize("before, now, expected", [r[1:] for r in STREAK_TABLE], ids=[r[0] for r in STREAK_TABLE])
 def test_protocol_streak(before, now, expected):
-    start, count, last = before
-    assert protocol_streak(start, count, last, now, DEG) == expected
+    assert protocol_streak(*before, now, DEG) == expected
+
+
+def first_degraded_ms(arrivals_ms, threshold_ms, probe_every_ms=2_000, until_ms=None):
+    """Feed protocol messages arriving at `arrivals_ms` (after T0, connected at T0, nothing
+    real) through the streak rule, judging at every arrival and every probe as the
+    supervisor does; the first time the verdict is degraded, or None."""
+    start, beats, beat, last = None, 0, None, None
+    arrivals = sorted(arrivals_ms)
+    end = until_ms if until_ms is not None else (arrivals[-1] if arrivals else 0) + 3 * threshold_ms
+    events = sorted([(t, True) for t in arrivals] + [(t, False) for t in range(0, end + 1, probe_every_ms)])
+    for t, is_message in events:
+        if is_message:
+            start, beats, beat = protocol_streak(start, beats, beat, last, T0 + t, threshold_ms)
+            last = T0 + t
+        v = verdict(F(now_ms=T0 + t, connected=True, connected_since_ms=T0, degraded_after_ms=threshold_ms,
+                      protocol_streak_start_ms=start, protocol_streak_count=beats, last_protocol_ms=last))
+        if v.is_degraded:
+            return t
+    return None
+
+
+def every(spacing_ms, until_ms, start_ms=0):
+    return list(range(start_ms, until_ms + 1, spacing_ms))
+
+
+T4 = 4_000  # the threshold of the jitter report: 4 s, a protocol message every 2 s
+JITTER_TABLE = [
+    # id, arrivals, threshold, first degraded at (None: never)
+    ("steady_at_half_the_threshold", every(T4 // 2, 60_000), T4, T4),
+    ("half_the_threshold_one_message_4ms_late",
+     [0, 2_000, 4_004] + every(2_000, 60_000, 6_000), T4, 4_004),
+    ("slightly_over_half_the_threshold", every(T4 // 2 + 4, 60_000), T4, 4_008),
+    ("jittered_between_a_quarter_and_almost_the_threshold",
+     [0, 1_000, 4_900, 6_100, 9_999, 11_000, 14_500], T4, 9_999),
+    ("just_under_the_threshold", every(T4 - 1, 60_000), T4, 2 * (T4 - 1)),
+    ("exactly_the_threshold_apart_is_quiet", every(T4, 60_000), T4, None),
+    ("odd_key_share_every_two_thresholds", every(2 * T4, 120_000), T4, None),
+    ("burst_at_connect_then_quiet", every(50, 1_500), T4, None),
+    ("burst_at_connect_one_more_within_a_threshold", every(50, 1_500) + [5_000], T4, None),
+    ("burst_at_connect_then_a_steady_trickle", every(50, 1_500) + every(3_000, 60_000, 4_000), T4, 7_000),
+    ("default_threshold_key_shares_hourly", every(60 * MIN, 5 * 60 * MIN), DEG, None),
+    ("default_threshold_protocol_every_2s", every(2_000, 10 * MIN), DEG, DEG),
+]
+
+
+@pytest.mark.parametrize("arrivals, threshold, expected", [r[1:] for r in JITTER_TABLE],
+                         ids=[r[0] for r in JITTER_TABLE])
+def test_degraded_detection_is_robust_to_jitter(arrivals, threshold, expected):
+    assert first_degraded_ms(arrivals, threshold) == expected
+
+
+def test_a_deaf_session_is_caught_whatever_the_spacing_within_the_threshold():
+    rng = random.Random(11)
+    for _ in range(200):
+        t, arrivals = 0, []
+        while t <= 120_000:
+            arrivals.append(t)
+            t += rng.randint(1, T4 - 1)  # any spacing strictly within the threshold
+        first = first_degraded_ms(arrivals, T4)
+        assert first is not None and first < 3 * T4
 
 
 def test_a_steady_protocol_trickle_becomes_degraded_exactly_at_the_threshold():
-    start, count, last = None, 0, None
-    verdicts = []
-    for t in range(0, DEG + 2001, 2000):  # one protocol message every 2 s, nothing real
-        start, count = protocol_streak(start, count, last, T0 + t, DEG)
-        last = T0 + t
-        verdicts.append((t, verdict(F(now_ms=T0 + t, connected=True, connected_since_ms=T0 - 1,
-                                      protocol_streak_start_ms=start, protocol_streak_count=count,
-                                      last_protocol_ms=last)).status))
-    first = next(t for t, st in verdicts if st is S.DEGRADED)
-    assert first == DEG
+    assert first_degraded_ms(every(2_000, DEG + 2_000), DEG) == DEG
 
 
 # ---------------------------------------------------------------- escalation

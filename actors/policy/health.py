@@ -6,8 +6,8 @@ no real message arrives any more, so the mirror silently falls behind. That is
 `degraded`, and the supervisor restarts the session (DESIGN.md "Supervision"). A connected
 account that is merely quiet is healthy: people do stop writing, and a quiet account still
 gets the odd protocol message — so "deaf" needs a sustained streak of protocol traffic
-(see `protocol_streak`), not just the absence of real messages, which is all the old
-backend looked at. Repeated
+(no pause as long as the threshold, for a whole threshold; see `protocol_streak`), not
+just the absence of real messages, which is all the old backend looked at. Repeated
 keepalive timeouts and bursts of undecryptable messages (broken Signal sessions) are the
 other two signs of a session that needs a restart.
 
@@ -40,7 +40,7 @@ class HealthFacts:
     connected_since_ms: Optional[int] = None
     # the current run of protocol messages with no real message (see protocol_streak)
     protocol_streak_start_ms: Optional[int] = None
-    protocol_streak_count: int = 0
+    protocol_streak_count: int = 0  # beats
     keepalive_timeouts: int = 0  # consecutive; reset by any answered keepalive
     undecryptable_recent: int = 0
     degraded_after_ms: int = DEFAULT_DEGRADED_AFTER_MS
@@ -66,40 +66,54 @@ def human_ms(ms: int) -> str:
     return f"{h} h {m} min" if m else f"{h} h"
 
 
-MIN_STREAK = 3  # protocol messages in a streak before it can mean "deaf"
+MIN_STREAK = 3  # beats (see protocol_streak) in a streak before it can mean "deaf"
 
 
 def streak_gap_ms(degraded_after_ms: int) -> int:
-    """Largest pause between two protocol messages of one streak."""
+    """A pause of this long (or longer) between two protocol messages ends a streak: the
+    threshold itself. Traffic at any spacing within the threshold keeps a deaf session's
+    streak going, however much its timing jitters; a quiet account whose key shares come
+    further apart than that never builds one."""
+    return max(1, degraded_after_ms)
+
+
+def beat_spacing_ms(degraded_after_ms: int) -> int:
+    """Protocol messages closer than this to the streak's last beat add no beat: a burst
+    of notices (as at connect) counts once, however many messages it holds."""
     return max(1, degraded_after_ms // 2)
 
 
-def protocol_streak(start_ms: Optional[int], count: int, last_protocol_ms: Optional[int], now_ms: int,
-                    degraded_after_ms: int) -> tuple[int, int]:
-    """(start, count) of the streak after a protocol message arriving at `now_ms`.
+def protocol_streak(start_ms: Optional[int], beats: int, beat_ms: Optional[int], last_protocol_ms: Optional[int],
+                    now_ms: int, degraded_after_ms: int) -> tuple[int, int, int]:
+    """(start, beats, last beat) of the streak after a protocol message arriving at `now_ms`.
 
-    The caller ends the streak (start None, count 0) on every real message and every new
-    connection. A pause longer than the gap starts a new streak: a quiet account that gets
-    a key share now and then never builds one up; a deaf session, where protocol traffic
-    keeps flowing while real messages do not, does."""
-    if start_ms is None or last_protocol_ms is None or now_ms - last_protocol_ms > streak_gap_ms(degraded_after_ms):
-        return now_ms, 1
-    return start_ms, count + 1
+    The caller ends the streak (all None/0) on every real message, every history push and
+    every new connection. With gaps within the threshold, beats come at least every 1.5
+    thresholds, so a deaf session reaches MIN_STREAK beats and a threshold's length
+    within 3 thresholds, whatever its spacing."""
+    if (start_ms is None or beat_ms is None or last_protocol_ms is None
+            or now_ms - last_protocol_ms >= streak_gap_ms(degraded_after_ms)):
+        return now_ms, 1, now_ms
+    if now_ms - beat_ms >= beat_spacing_ms(degraded_after_ms):
+        return start_ms, beats + 1, now_ms
+    return start_ms, beats, beat_ms
 
 
 def protocol_only_ms(f: HealthFacts) -> Optional[int]:
     """How long protocol traffic has kept flowing without a real message, or None.
 
-    None unless the streak is long enough to mean something (MIN_STREAK messages), began
+    None unless the streak is long enough to mean something (MIN_STREAK beats), began
     after the latest real message and connect (older traffic says nothing about this
-    session), and is still going (the last protocol message is within one gap of now: a
-    session whose protocol traffic stopped too is quiet, not deaf)."""
+    session), and is still going (the last protocol message is less than one gap old: a
+    session whose protocol traffic stopped too is quiet, not deaf). A burst of sync
+    notices at connect is a streak of a second or two: it never lasts a threshold unless
+    the traffic goes on."""
     if f.protocol_streak_start_ms is None or f.last_protocol_ms is None or f.protocol_streak_count < MIN_STREAK:
         return None
     marks = [t for t in (f.connected_since_ms, f.last_real_ms) if t is not None]
     if marks and f.protocol_streak_start_ms < max(marks):
         return None
-    if f.now_ms - f.last_protocol_ms > streak_gap_ms(f.degraded_after_ms):
+    if f.now_ms - f.last_protocol_ms >= streak_gap_ms(f.degraded_after_ms):
         return None
     return f.last_protocol_ms - f.protocol_streak_start_ms
 
