@@ -17,20 +17,26 @@ class Clock:
 
 
 class FakeClock(Clock):
+    """Time that moves only when a test says so. Wall time follows the monotonic clock
+    exactly (no drift from repeated float steps)."""
+
+    START_MONO_S = 1000.0
+
     def __init__(self, wall_ms: int = 1_763_900_000_000):
-        self._wall_ms = wall_ms
-        self._mono = 1000.0
+        self._wall0_ms = wall_ms
+        self._mono = self.START_MONO_S
         self._lock = threading.Lock()
 
     def wall_ms(self) -> int:
         with self._lock:
-            return self._wall_ms
+            return self._wall0_ms + round((self._mono - self.START_MONO_S) * 1000)
 
     def monotonic_s(self) -> float:
         with self._lock:
             return self._mono
 
     def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("time only moves forward")
         with self._lock:
-            self._wall_ms += int(seconds * 1000)
             self._mono += seconds
