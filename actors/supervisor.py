@@ -1,260 +1,275 @@
-"""SupervisorActor: one AccountActor per wanted account, watched, restarted, or handed to
-a human (DESIGN.md "Supervision").
+"""SupervisorActor: one AccountActor per account this instance runs, watched, restarted,
+or handed to a human (DESIGN.md "Supervision"). It alone decides and publishes each
+account's status and repair state; the account actors report facts.
 
-pykka has no links or monitors, so the supervisor builds them:
-- failure hook: a child that fails tells it `ChildFailed` (from a handler or on_failure);
-- liveness ask: every tick each child gets a `Probe` and must answer with a
-  `HealthReport` within WASYNC_HUNG_AFTER_MS; a child that does not is stuck in a
-  handler. It cannot be stopped (its thread is busy), so it is abandoned: its session
-  is killed through the shared SessionSlot, it leaves the registry, and a new actor
-  replays the account's spool rows (nothing acknowledged is lost: rows leave the spool
-  only once stored).
+pykka has no links or monitors, so it builds them (actors/supervisor_protocol.py):
+- failure hook: a child that fails tells it `ChildFailed`; a child that stops, for any
+  reason, tells it `ChildStopped` once its session is stopped and its rows handed over;
+- liveness: every tick each child gets a `Probe` and must answer with its `Facts` within
+  WASYNC_HUNG_AFTER_MS. A child that does not is stuck in a handler: it is abandoned
+  (its session killed on a thread of its own, the actor unregistered) and a new actor
+  replays the account's spool rows.
+
+It never waits: children are stopped with `stop(block=False)` and a new actor for the
+same account starts only after the old one reported `ChildStopped` (two sessions of one
+account would fight), or after STOP_CHILD_S, when it is abandoned like a hung one. Store
+reads happen in the ownership actor, long session calls off the children's threads.
 
 What it does with what it hears is decided by the pure policies in actors/policy/:
 restarts wait an exponential backoff and count against an intensity limit (beyond it:
 `needs_repair` + alert); a degraded session is restarted once, and if the restart did not
 heal it the account needs a human; a logout needs a human at once; a temporary ban is
 waited out; StreamReplaced stops the account (another client owns the session; never
-fight it). Every start, first or restart, takes a slot from the shared StartGate so a
-fleet never connects at once.
-
-The supervisor owns one timer (the earliest scheduled start) instead of a thread per
-pending restart: 500 accounts waiting for their slot cost one heap, not 500 threads.
+fight it). Every start takes a slot from the shared StartGate so a fleet never connects
+at once. Timers go through the ticker (one heap for every pending start).
 """
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import random
-import threading
-from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import pykka
 
-from wasync.actors.messages import ChildFailed, HealthReport, Paired, Probe, SessionEnded
-from wasync.actors.slot import SessionSlot
-from wasync.runtime.backoff import Backoff
+from wasync.actors import supervisor_protocol as sp
+from wasync.actors.account_protocol import Fault, PairPhone, Probe, StopSession
 from wasync.actors.policy.escalation import REPAIR, on_degraded, recovered
-from wasync.actors.policy.intensity import MAX_RESTARTS, WINDOW_MS, RestartLog, check_restart
-from wasync.actors.timers import tell_later
+from wasync.actors.policy.health import verdict
+from wasync.actors.policy.intensity import RestartLog, check_restart
+from wasync.actors.reply import Reply, answer, fail
+from wasync.actors.slot import SessionSlot
+from wasync.actors.startgate import StartGate
+from wasync.actors.writer_protocol import AccountUpdate
+from wasync.actors.watch import Child, Hold, SupervisionPolicy, Watch
+from wasync.runtime.account import NO_REPAIR, AccountFacts, AccountPatch, AccountRecord, Repair
 from wasync.runtime.alerts import Alerts
 from wasync.runtime.board import Board
 from wasync.runtime.clock import Clock
 from wasync.runtime.metrics import Metrics
-from wasync.runtime.model import AccountStatus
-from wasync.actors.startgate import StartGate
-from wasync.runtime.store.schema import SERVER_TIME
+from wasync.runtime.model import AccountStatus as S
+from wasync.runtime.ticker import Timers
+from wasync.runtime.transport.session import NotConnected
 
 log = logging.getLogger("wasync.supervisor")
 
-STOP_CHILD_S = 15.0  # a child that does not stop within this is abandoned like a hung one
+TICK_S = 2.0
 
-# make_child(account_id, phone, supervisor_ref, slot, fresh_pairing) -> the started AccountActor's ref
-ChildFactory = Callable[[str, Optional[str], pykka.ActorRef, SessionSlot, bool], pykka.ActorRef]
-
-
-@dataclass(frozen=True)
-class SupervisionPolicy:
-    backoff: Backoff = Backoff()
-    max_restarts: int = MAX_RESTARTS
-    window_ms: int = WINDOW_MS
-    hung_after_ms: int = 30_000
-    degraded_after_ms: int = 300_000
-
-
-@dataclass
-class _Child:
-    ref: pykka.ActorRef
-    slot: SessionSlot
-
-
-@dataclass
-class _Watch:
-    """What the supervisor knows about one account."""
-
-    account_id: str
-    phone: Optional[str] = None
-    child: Optional[_Child] = None
-    restarts: RestartLog = RestartLog()
-    restart_total: int = 0
-    probe_seq: int = 0
-    probe_sent_s: Optional[float] = None  # monotonic time of the unanswered probe
-    degraded_restart_ms: Optional[int] = None
-    # Why no child runs and none will be started until an operator acts:
-    # "needs_repair" | "logged_out" | "stream_replaced"; None = supervised normally.
-    held: Optional[str] = None
-    schedule_token: int = 0  # bumps invalidate scheduled starts
-    fresh_pairing: bool = False  # starts forget the stored session until a pairing succeeds
-    scheduled: bool = False
-    repair_flagged: bool = False  # the store says needsRepair (we wrote it or found it)
-    overlay: dict = field(default_factory=dict)
-
-
-class _Due:
-    pass
-
-
-@dataclass(frozen=True)
-class Tick:
-    """The daemon's periodic tick: the wanted accounts (read by the ticker thread, so a
-    slow store never stalls the supervisor; None when the read failed) and the liveness
-    round."""
-
-    accounts: Optional[list] = None
+# make_child(account_id, phone, generation, supervisor, slot, fresh_pairing) -> the started actor
+ChildFactory = Callable[[str, Optional[str], int, pykka.ActorRef, SessionSlot, bool], pykka.ActorRef]
 
 
 class SupervisorActor(pykka.ThreadingActor):
-    def __init__(self, make_child: ChildFactory, list_accounts: Callable[[], list[dict]], board: Board,
-                 metrics: Metrics, gate: StartGate, *, clock: Optional[Clock] = None, alerts=None,
-                 write_fields: Optional[Callable[[str, dict], None]] = None,
+    def __init__(self, make_child: ChildFactory, *, writer: pykka.ActorRef, board: Board, metrics: Metrics,
+                 gate: StartGate, ticker: Timers, clock: Clock, alerts: Alerts,
                  policy: SupervisionPolicy = SupervisionPolicy(), rand: Optional[random.Random] = None):
         super().__init__()
         self.make_child = make_child
-        self.list_accounts = list_accounts
-        self.board, self.metrics, self.gate = board, metrics, gate
-        self.clock = clock or Clock()
-        # Without a webhook an Alerts still keeps the incidents and logs the [supervisor] line.
-        self.alerts = alerts or Alerts("-", None, clock=self.clock)
-        self.write_fields = write_fields or (lambda account_id, fields: None)
-        self.policy = policy
+        self.writer, self.board, self.metrics, self.gate = writer, board, metrics, gate
+        self.ticker, self.clock, self.alerts, self.policy = ticker, clock, alerts, policy
         self.rand = rand or random.Random()
-        self.watches: dict[str, _Watch] = {}
-        self._heap: list[tuple[float, int, str, int, str]] = []  # (due_s, n, account, token, step)
-        self._n = itertools.count()
-        self._timer: Optional[threading.Timer] = None
-        self._timer_due: Optional[float] = None
+        self.watches: dict[str, Watch] = {}
         self.closing = False
+        self._sessions_left: set[tuple[str, int]] = set()  # shutdown: children still stopping their session
+        self._sessions_reply: Optional[Reply] = None
+        self._tick = None
+
+    def on_start(self) -> None:
+        self._tick = self.ticker.every(self.actor_ref, sp.Tick(), TICK_S)
+
+    def on_stop(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+        for w in self.watches.values():
+            self._stop_child(w)
 
     # --- messages ----------------------------------------------------------------------
 
-    def on_receive(self, message):
+    def on_receive(self, message: sp.SupervisorMsg):
         try:
-            if isinstance(message, Tick):
-                if message.accounts is not None:
-                    self._reconcile(message.accounts)
-                self._liveness()
-            elif message == "reconcile":
-                self._reconcile(self.list_accounts())
-            elif isinstance(message, _Due):
-                self._timer, self._timer_due = None, None
-                self._run_due()
-            elif isinstance(message, HealthReport):
-                self._health(message)
-            elif isinstance(message, ChildFailed):
-                self._child_failed(message)
-            elif isinstance(message, SessionEnded):
-                self._session_ended(message)
-            elif isinstance(message, Paired):
-                self._paired(message)
-            elif message == "children":
-                return sorted(a for a, w in self.watches.items() if w.child is not None)
-            elif isinstance(message, tuple) and message[0] == "child":
-                w = self.watches.get(message[1])
-                return w.child.ref if w is not None and w.child is not None else None
-            elif isinstance(message, tuple) and message[0] == "restart":
-                self._operator_restart(message[1])
-            elif message == "stop_sessions":
-                self._stop_sessions()
-            elif message == "stop_all":
-                self._stop_all()
+            return self._handle(message)
         except Exception:
             # The supervisor must outlive its children's troubles.
-            log.exception("[supervisor] unexpected error")
+            log.exception("[supervisor] unexpected error handling %s", type(message).__name__)
             self.metrics.actor_failures.labels(actor="supervisor").inc()
+            return None
 
-    def on_stop(self) -> None:
-        self._stop_all()
+    def _handle(self, message: sp.SupervisorMsg):
+        match message:
+            case sp.Owned(record=record):
+                self._owned(record)
+            case sp.Lost(account_id=account_id, reason=reason):
+                self._lost(account_id, reason)
+            case sp.Tick():
+                self._liveness()
+            case sp.StartDue():
+                self._start_due(message)
+            case sp.Facts(facts=facts, probe_seq=seq):
+                self._facts(facts, seq)
+            case sp.ChildFailed(account_id=a, generation=g, error=error):
+                if (w := self._current(a, g)) is not None:
+                    self._restart(w, error, "failure")
+            case sp.ChildStopped(account_id=a, generation=g):
+                self._child_stopped(a, g)
+            case sp.SessionStopped(account_id=a, generation=g):
+                self._session_stopped(a, g)
+            case sp.SessionLoggedOut(account_id=a, generation=g, reason=reason):
+                if (w := self._current(a, g)) is not None:
+                    self._give_up(w, Hold.LOGGED_OUT, f"logged out ({reason})")
+            case sp.SessionReplaced(account_id=a, generation=g):
+                if (w := self._current(a, g)) is not None:
+                    self._replaced(w)
+            case sp.SessionBanned(account_id=a, generation=g):
+                if (w := self._current(a, g)) is not None:
+                    self._banned(w, message.reason, message.retry_after_ms)
+            case sp.SessionPaired(account_id=a, generation=g, phone=phone):
+                if (w := self._current(a, g)) is not None:
+                    self._paired(w, phone)
+            case sp.WriteRejected():
+                self._write_rejected(message)
+            case sp.RestartAccount(account_id=account_id):
+                self._operator_restart(account_id)
+            case sp.RequestPairingCode(account_id=a, phone=phone, reply=reply):
+                self._to_child(a, PairPhone(phone, reply), reply)
+            case sp.InjectFault(account_id=a, kind=kind, reply=reply):
+                if self._to_child(a, Fault(kind), reply):
+                    answer(reply)
+            case sp.StopSessions(reply=reply):
+                self._stop_sessions(reply)
+            case sp.RunningAccounts():
+                return tuple(sorted(a for a, w in self.watches.items() if w.child is not None))
+        return None
 
-    # --- the wanted set ----------------------------------------------------------------
+    # --- the owned set -----------------------------------------------------------------
 
-    def _reconcile(self, accounts: list[dict]) -> None:
-        if self.closing:
+    def _owned(self, record: AccountRecord) -> None:
+        w = self.watches.get(record.account_id)
+        if w is None:
+            w = self.watches[record.account_id] = Watch(record.account_id, record.phone, stored_status=record.status)
+            if record.repair.needed:
+                self._adopt_repair(w, record)
+                return
+        elif w.owned:
             return
-        wanted = {a["accountId"]: a for a in accounts if a.get("enabled", True)}
-        for account_id in list(self.watches):
-            if account_id not in wanted:
-                self._forget(account_id)
-        for account_id, doc in wanted.items():
-            w = self.watches.get(account_id)
-            if w is None:
-                w = self.watches[account_id] = _Watch(account_id, doc.get("phone"))
-                if doc.get("needsRepair"):
-                    self._adopt_repair(w, doc)
-                    continue
-            w.phone = doc.get("phone") or w.phone
-            if w.child is None and w.held is None and not w.scheduled:
-                self._schedule(w, 0.0)
+        w.owned, w.phone = True, record.phone or w.phone
+        if w.hold is None and w.child is None:
+            self._schedule(w, 0.0)
+        self._publish(w)
 
-    def _adopt_repair(self, w: _Watch, doc: dict) -> None:
+    def _adopt_repair(self, w: Watch, record: AccountRecord) -> None:
         """An account the store already marks for repair (an earlier run gave up on it):
         not started, and its incident counts as alerted already."""
-        status = AccountStatus.LOGGED_OUT if doc.get("status") == "logged_out" else AccountStatus.NEEDS_REPAIR
-        reason = doc.get("repairReason") or "needs repair"
-        w.held, w.repair_flagged = status.value, True
-        self.alerts.raise_alert(w.account_id, reason, status.value, notify=False)
-        self._overlay(w, status=status, needs_repair=True, repair_reason=reason,
-                      warning=f"{reason}: not started; pair it again (regenerate-qr)")
+        hold = Hold.LOGGED_OUT if record.status is S.LOGGED_OUT else Hold.NEEDS_REPAIR
+        reason = record.repair.reason or "needs repair"
+        w.hold, w.repair, w.status = hold, record.repair, S(hold.value)
+        w.warning = f"{reason}: not started; pair it again (regenerate-qr)"
+        self.alerts.raise_alert(w.account_id, reason, hold.value, notify=False)
         log.warning("[supervisor] accountId=%s needs repair (%s): not started", w.account_id, reason)
+        self._publish(w)
 
-    def _forget(self, account_id: str) -> None:
-        w = self.watches.pop(account_id)
-        w.schedule_token += 1
+    def _lost(self, account_id: str, reason: str) -> None:
+        w = self.watches.get(account_id)
+        if w is None:
+            return
+        w.owned, w.start_due = False, False
+        w.token += 1
         self._stop_child(w)
+        if w.stored_status is not S.DISCONNECTED:
+            # Nobody runs it here any more; a removed account stays removed (the store
+            # ignores updates of missing accounts), a moved one gets its owner's next status.
+            self.writer.tell(AccountUpdate(account_id, AccountPatch(status=S.DISCONNECTED)))
+            w.stored_status = S.DISCONNECTED
+        w.published = None
         self.board.drop_account(account_id)
         self.alerts.clear(account_id)
-        log.info("[supervisor] accountId=%s stopped (removed)", account_id)
+        log.info("[supervisor] accountId=%s stopped (%s)", account_id, reason)
+        self._forget_if_gone(w)
 
-    # --- scheduled starts (backoff, bans, storm control) ---------------------------------
+    def _forget_if_gone(self, w: Watch) -> None:
+        if not w.owned and w.child is None and not w.stopping:
+            self.watches.pop(w.account_id, None)
 
-    def _schedule(self, w: _Watch, delay_s: float, step: str = "due") -> None:
-        """Start `w` after `delay_s`; "due" then takes a StartGate slot, "start" starts."""
-        w.scheduled = True
-        due = self.clock.monotonic_s() + delay_s
-        heapq.heappush(self._heap, (due, next(self._n), w.account_id, w.schedule_token, step))
-        self._arm()
+    # --- starts and stops ----------------------------------------------------------------
 
-    def _arm(self) -> None:
-        if not self._heap or self.closing:
+    def _schedule(self, w: Watch, delay_s: float, step: str = "gate") -> None:
+        """Start `w` after `delay_s`: "gate" then takes a StartGate slot, "start" starts."""
+        w.token += 1
+        w.start_due = False
+        self.ticker.later(self.actor_ref, sp.StartDue(w.account_id, w.token, step), delay_s)
+
+    def _start_due(self, due: sp.StartDue) -> None:
+        w = self.watches.get(due.account_id)
+        if w is None or due.token != w.token or not w.owned or w.hold is not None or w.child or self.closing:
             return
-        due = self._heap[0][0]
-        if self._timer is not None and self._timer_due is not None and self._timer_due <= due:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_due = due
-        self._timer = tell_later(self.actor_ref, _Due(), max(0.0, due - self.clock.monotonic_s()))
+        if due.step == "gate":
+            # Reserved only now that the start is due: a slot taken minutes ahead for a
+            # backoff would make every start after it wait too.
+            self._schedule(w, self.gate.reserve_delay_s(), "start")
+        elif w.stopping:
+            w.start_due = True  # starts once the old actor has stopped its session
+        else:
+            self._start(w)
 
-    def _run_due(self) -> None:
-        now = self.clock.monotonic_s()
-        while self._heap and self._heap[0][0] <= now + 0.001 and not self.closing:
-            _, _, account_id, token, step = heapq.heappop(self._heap)
-            w = self.watches.get(account_id)
-            if w is None or token != w.schedule_token:
-                continue  # removed, or rescheduled since
-            if w.held is not None or w.child is not None:
-                w.scheduled = False
-                continue
-            if step == "due":
-                self._schedule(w, self.gate.reserve_delay_s(), "start")
-            else:
-                w.scheduled = False
-                self._start(w)
-        self._arm()
-
-    def _start(self, w: _Watch) -> None:
-        slot = SessionSlot()
+    def _start(self, w: Watch) -> None:
+        w.start_due, w.probe_sent_s = False, None
+        w.generation += 1
+        w.status, w.is_degraded, w.warning = S.CONNECTING, False, None
+        self._publish(w)  # first: the new actor's facts count from its first publish
+        slot = SessionSlot(w.account_id)
         try:
-            ref = self.make_child(w.account_id, w.phone, self.actor_ref, slot, w.fresh_pairing)
+            ref = self.make_child(w.account_id, w.phone, w.generation, self.actor_ref, slot, w.fresh_pairing)
         except Exception as exc:
             log.exception("[supervisor] accountId=%s could not start: %s", w.account_id, exc)
             self._restart(w, f"could not start: {exc}", "start_failed")
             return
-        w.child = _Child(ref, slot)
-        w.probe_sent_s = None
-        self._overlay(w, drop=("status", "warning", "is_degraded", "connected"))  # the child's own state shows now
+        w.child = Child(ref, slot, w.generation)
+        self._publish(w)
         log.info("[supervisor] accountId=%s started", w.account_id)
+
+    def _stop_child(self, w: Watch) -> None:
+        """Ask the child to stop; it reports ChildStopped. Never waits."""
+        child, w.child, w.probe_sent_s = w.child, None, None
+        if child is None:
+            return
+        child.deadline_s = self.clock.monotonic_s() + self.policy.stop_child_s
+        w.stopping[child.generation] = child
+        try:
+            child.ref.stop(block=False)
+        except pykka.ActorDeadError:
+            pass  # gone already; its ChildStopped is on the way (or the deadline passes)
+
+    def _abandon(self, w: Watch, child: Child) -> None:
+        """Let go of a child that cannot be stopped: kill its session on a thread of its
+        own (which reports ChildStopped once that session is stopped), unregister it."""
+        child.abandoned = True
+        child.deadline_s = self.clock.monotonic_s() + self.policy.stop_child_s
+        w.stopping[child.generation] = child
+        ref, account_id, generation = self.actor_ref, w.account_id, child.generation
+        child.slot.kill(on_stopped=lambda: _tell(ref, sp.ChildStopped(account_id, generation)))
+        pykka.ActorRegistry.unregister(child.ref)
+        try:
+            child.ref.stop(block=False)  # if it ever wakes up, it stops at once
+        except pykka.ActorDeadError:
+            pass
+
+    def _child_stopped(self, account_id: str, generation: int) -> None:
+        w = self.watches.get(account_id)
+        if w is None:
+            return
+        self._session_stopped(account_id, generation)
+        if w.child is not None and w.child.generation == generation:
+            # It stopped without being asked (a crash outside any handler).
+            w.stopping[generation] = w.child
+            w.child = None
+            self._restart(w, "the actor stopped", "failure")
+        if w.stopping.pop(generation, None) is not None:
+            self._after_stop(w)
+
+    def _after_stop(self, w: Watch) -> None:
+        if not w.stopping and w.start_due:
+            self._start(w)
+        self._forget_if_gone(w)
+        if w.owned:
+            self._publish(w)
 
     # --- liveness ------------------------------------------------------------------------
 
@@ -264,6 +279,9 @@ class SupervisorActor(pykka.ThreadingActor):
         now = self.clock.monotonic_s()
         hung_s = self.policy.hung_after_ms / 1000
         for w in list(self.watches.values()):
+            for child in list(w.stopping.values()):
+                if now >= child.deadline_s:
+                    self._overdue(w, child)
             if w.child is None:
                 continue
             if w.probe_sent_s is not None:
@@ -275,223 +293,216 @@ class SupervisorActor(pykka.ThreadingActor):
             try:
                 w.child.ref.tell(Probe(w.probe_seq))
             except pykka.ActorDeadError:
-                w.probe_sent_s = None
                 self._restart(w, "actor died", "failure")
 
-    def _replace_hung(self, w: _Watch, waited_s: float) -> None:
+    def _overdue(self, w: Watch, child: Child) -> None:
+        if not child.abandoned:
+            log.warning("[supervisor] accountId=%s did not stop within %.0f s: abandoning it", w.account_id,
+                        self.policy.stop_child_s)
+            self._abandon(w, child)
+            return
+        log.error("[supervisor] accountId=%s its old session still has not stopped; going on without it",
+                  w.account_id)
+        del w.stopping[child.generation]
+        self._after_stop(w)
+
+    def _replace_hung(self, w: Watch, waited_s: float) -> None:
         log.error("[supervisor] accountId=%s did not answer the liveness ask for %.1f s: replacing the actor",
                   w.account_id, waited_s)
         self.metrics.hung_actors.inc()
-        self._abandon(w)
-        self._restart(w, f"actor hung (no answer for {waited_s:.0f} s)", "hung")
-
-    def _abandon(self, w: _Watch) -> None:
-        """Let go of a child that cannot be stopped: kill its session, unregister it."""
         child, w.child, w.probe_sent_s = w.child, None, None
-        if child is None:
-            return
-        self._overlay(w, connected=False)
-        try:
-            child.slot.kill()
-        except Exception:
-            log.exception("[supervisor] accountId=%s session of the abandoned actor did not stop", w.account_id)
-        pykka.ActorRegistry.unregister(child.ref)
-        try:
-            child.ref.stop(block=False)  # if it ever wakes up, it stops at once
-        except pykka.ActorDeadError:
-            pass
+        self._abandon(w, child)
+        self._restart(w, f"actor hung (no answer for {waited_s:.0f} s)", "hung")
 
     # --- what children report ----------------------------------------------------------
 
-    def _current(self, account_id: str, urn: Optional[str]) -> Optional[_Watch]:
-        """The watch if the report comes from its current child (old actors' news is stale)."""
+    def _current(self, account_id: str, generation: int) -> Optional[Watch]:
+        """The watch if the news comes from its running child (a replaced one's is stale)."""
         w = self.watches.get(account_id)
-        if w is None or w.child is None:
-            return None
-        if urn is not None and urn != w.child.ref.actor_urn:
+        if w is None or w.child is None or w.child.generation != generation:
             return None
         return w
 
-    def _health(self, report: HealthReport) -> None:
-        w = self._current(report.account_id, report.urn)
-        if w is None or report.seq != w.probe_seq:
+    def _facts(self, facts: AccountFacts, probe_seq: Optional[int]) -> None:
+        w = self._current(facts.account_id, facts.generation)
+        if w is None:
             return
-        w.probe_sent_s = None
-        if report.session_failure:
-            self._restart(w, f"session failed: {report.session_failure}", "session_failed")
+        if probe_seq is not None and probe_seq == w.probe_seq:
+            w.probe_sent_s = None
+        if facts.session_failure:
+            self._restart(w, f"session failed: {facts.session_failure}", "session_failed")
             return
-        v, facts = report.verdict, report.facts
+        now, threshold = self.clock.wall_ms(), self.policy.degraded_after_ms
+        v = verdict(facts, now, threshold)
+        if v.is_degraded and not w.is_degraded:
+            # Shown at once; acted on when the next report (a probe later at most) still
+            # says so: fresh facts confirm it, and operators see the state that was acted on.
+            log.warning("[supervisor] accountId=%s degraded: %s", w.account_id, v.warning)
+            w.status, w.is_degraded, w.warning = v.status, True, v.warning
+            self._publish(w)
+            return
         if v.is_degraded:
-            now = self.clock.wall_ms()
-            action = on_degraded(now, w.degraded_restart_ms, facts.last_real_ms, self.policy.degraded_after_ms)
-            if action == REPAIR:
-                self._give_up(w, AccountStatus.NEEDS_REPAIR, f"still degraded after a restart: {v.warning}")
+            if on_degraded(now, w.degraded_restart_ms, facts.last_real_message_ms, threshold) == REPAIR:
+                self._give_up(w, Hold.NEEDS_REPAIR, f"still degraded after a restart: {v.warning}")
             else:
-                log.warning("[supervisor] accountId=%s degraded (%s): restarting the session", w.account_id,
-                            v.warning)
+                log.warning("[supervisor] accountId=%s still degraded (%s): restarting the session",
+                            w.account_id, v.warning)
                 w.degraded_restart_ms = now
                 self._restart(w, f"degraded: {v.reason}", "degraded")
-        elif recovered(facts, v):
-            self._recovered(w)
-
-    def _recovered(self, w: _Watch) -> None:
-        if w.account_id in self.alerts.open_incidents() or w.repair_flagged:
+            return
+        if recovered(facts, v, now, threshold) and (w.repair.needed or w.account_id in self.alerts.open_incidents()):
             log.info("[supervisor] accountId=%s recovered: repair cleared, alert re-armed", w.account_id)
-            self._clear_repair(w, write_store=w.repair_flagged)
+            self._clear_repair(w)
+        if v.status is not w.status:
+            log.info("[supervisor] accountId=%s status %s -> %s%s", w.account_id, w.status.value, v.status.value,
+                     f" ({v.warning})" if v.warning and v.status is not S.PAIRING else "")
+        w.status, w.is_degraded, w.warning = v.status, False, v.warning
+        self._publish(w)
 
-    def _clear_repair(self, w: _Watch, write_store: bool) -> None:
-        """The incident is over: re-arm the alert, drop the repair flags (board, store)."""
-        self.alerts.clear(w.account_id)
-        w.repair_flagged = False
-        if write_store:
-            self.write_fields(w.account_id, {"needsRepair": False, "repairReason": None, "repairRequestedAt": None})
-        self._overlay(w, needs_repair=False, repair_reason=None, repair_requested_ms=None)
+    def _replaced(self, w: Watch) -> None:
+        self.metrics.stream_replaced.inc()
+        log.warning("[lease] accountId=%s StreamReplaced: another client owns this session; stopped, "
+                    "not reconnecting", w.account_id)
+        self._stop_child(w)
+        w.token += 1
+        w.hold, w.status, w.is_degraded = Hold.STREAM_REPLACED, S.DISCONNECTED, False
+        w.warning = ("another client took over this session (StreamReplaced): not reconnecting; "
+                     "restart it with regenerate-qr once the other client is gone")
+        self._publish(w)
 
-    def _child_failed(self, failure: ChildFailed) -> None:
-        w = self._current(failure.account_id, failure.urn)
-        if w is None:
-            return
-        self._restart(w, failure.error, "failure")
+    def _banned(self, w: Watch, reason: str, retry_after_ms: int) -> None:
+        wait_ms = int(retry_after_ms * (1 + 0.1 * self.rand.random()))  # spread a fleet's ban expiries
+        log.warning("[supervisor] accountId=%s temporarily banned (%s): retrying in %.0f s", w.account_id, reason,
+                    wait_ms / 1000)
+        self._stop_child(w)
+        self._schedule(w, wait_ms / 1000)
+        w.status, w.is_degraded = S.DISCONNECTED, False
+        w.warning = f"temporarily banned ({reason}); retrying in {wait_ms // 1000} s"
+        self._publish(w)
 
-    def _session_ended(self, ended: SessionEnded) -> None:
-        w = self._current(ended.account_id, ended.urn)
-        if w is None:
-            return
-        if ended.kind == "logged_out":
-            self._give_up(w, AccountStatus.LOGGED_OUT, f"logged out ({ended.reason})")
-        elif ended.kind == "stream_replaced":
-            self.metrics.stream_replaced.inc()
-            log.warning("[lease] accountId=%s StreamReplaced: another client owns this session; stopped, "
-                        "not reconnecting", w.account_id)
-            self._stop_child(w)
-            w.held = "stream_replaced"
-            self._overlay(w, status=AccountStatus.DISCONNECTED, is_degraded=False,
-                          warning="another client took over this session (StreamReplaced): not reconnecting; "
-                                  "restart it with regenerate-qr once the other client is gone")
-        elif ended.kind == "banned":
-            wait_ms = ended.retry_after_ms or 60_000
-            wait_ms = int(wait_ms * (1 + 0.1 * self.rand.random()))  # spread a fleet's ban expiries
-            log.warning("[supervisor] accountId=%s temporarily banned (%s): retrying in %.0f s", w.account_id,
-                        ended.reason, wait_ms / 1000)
-            self._stop_child(w)
-            w.schedule_token += 1
-            self._schedule(w, wait_ms / 1000)
-            self._overlay(w, status=AccountStatus.DISCONNECTED, is_degraded=False,
-                          warning=f"temporarily banned ({ended.reason}); retrying in {wait_ms // 1000} s")
-
-    def _paired(self, paired: Paired) -> None:
-        w = self._current(paired.account_id, paired.urn)
-        if w is None:
-            return
-        w.restarts, w.degraded_restart_ms, w.fresh_pairing = RestartLog(), None, False
-        self._clear_repair(w, write_store=False)  # the actor wrote needsRepair false with the pairing
+    def _paired(self, w: Watch, phone: str) -> None:
+        w.restarts, w.degraded_restart_ms, w.fresh_pairing, w.phone = RestartLog(), None, False, phone
+        self._clear_repair(w)
         log.info("[supervisor] accountId=%s paired: repair cleared", w.account_id)
 
-    # --- actions ---------------------------------------------------------------------------
+    def _write_rejected(self, rejected: sp.WriteRejected) -> None:
+        log.error("[supervisor] accountId=%s the store refused %d events for good (%s); they are quarantined",
+                  rejected.account_id, rejected.rows, rejected.reason)
+        w = self.watches.get(rejected.account_id)
+        if w is not None and w.owned:
+            w.warning = f"the store refused {rejected.rows} events (quarantined): {rejected.reason}"
+            self._publish(w)
 
-    def _restart(self, w: _Watch, why: str, kind: str) -> None:
+    # --- decisions -----------------------------------------------------------------------
+
+    def _restart(self, w: Watch, why: str, kind: str) -> None:
         """Stop the child and start a new one after the backoff, unless the intensity limit
         says this account needs a human."""
         self._stop_child(w)
         now = self.clock.wall_ms()
         decision = check_restart(w.restarts, now, self.policy.max_restarts, self.policy.window_ms)
         if not decision.allowed:
-            self._give_up(w, AccountStatus.NEEDS_REPAIR, f"{decision.reason}; last: {why}")
+            self._give_up(w, Hold.NEEDS_REPAIR, f"{decision.reason}; last: {why}")
             return
         w.restarts = decision.log
         attempt = len(decision.log.times_ms) - 1
         # A degraded session gets its fresh connection at once (only the start gate paces
         # it): the restart is a remedy, not a crash loop, and the escalation rule already
         # stops a second one. Crashes wait out the backoff.
-        delay_ms = 0 if kind == "degraded" else self.policy.backoff.delay_ms(attempt, self.rand)
+        degraded = kind == "degraded"
+        delay_ms = 0 if degraded else self.policy.backoff.delay_ms(attempt, self.rand)
         w.restart_total += 1
-        w.schedule_token += 1
         self.metrics.restarts.labels(reason=kind).inc()
         log.warning("[supervisor] accountId=%s restart %d (%d in window) in %.1f s: %s", w.account_id,
                     w.restart_total, len(decision.log.times_ms), delay_ms / 1000, why)
-        degraded = kind == "degraded"
-        self._overlay(w, status=AccountStatus.DEGRADED if degraded else AccountStatus.DISCONNECTED,
-                      is_degraded=degraded, warning=f"restarting in {delay_ms / 1000:.0f} s ({why})")
+        w.status, w.is_degraded = (S.DEGRADED if degraded else S.DISCONNECTED), degraded
+        w.warning = f"restarting in {delay_ms / 1000:.0f} s ({why})"
         self._schedule(w, delay_ms / 1000)
+        self._publish(w)
 
-    def _give_up(self, w: _Watch, status: AccountStatus, reason: str) -> None:
+    def _give_up(self, w: Watch, hold: Hold, reason: str) -> None:
         self._stop_child(w)
-        w.schedule_token += 1
-        w.scheduled = False
-        w.held = status.value
-        w.repair_flagged = True
+        w.token += 1
         now = self.clock.wall_ms()
-        self._overlay(w, status=status, is_degraded=False, needs_repair=True, repair_reason=reason,
-                      repair_requested_ms=now, warning=f"{reason}: restarts stopped; pair it again (regenerate-qr)")
-        self.write_fields(w.account_id, {"status": status.value, "needsRepair": True, "repairReason": reason,
-                                         "repairRequestedAt": SERVER_TIME})
-        self.alerts.raise_alert(w.account_id, reason, status.value, since_ms=now)
+        w.hold, w.repair, w.status, w.is_degraded = hold, Repair(True, reason, now), S(hold.value), False
+        w.warning = f"{reason}: restarts stopped; pair it again (regenerate-qr)"
+        self.writer.tell(AccountUpdate(w.account_id, AccountPatch(status=w.status, repair=w.repair)))
+        w.stored_status = w.status
+        self.alerts.raise_alert(w.account_id, reason, hold.value, since_ms=now)
+        self._publish(w)
+
+    def _clear_repair(self, w: Watch) -> None:
+        """The incident is over: re-arm the alert, clear the repair flags."""
+        self.alerts.clear(w.account_id)
+        if w.repair.needed:
+            w.repair = NO_REPAIR
+            self.writer.tell(AccountUpdate(w.account_id, AccountPatch(repair=NO_REPAIR)))
+            self._publish(w)
 
     def _operator_restart(self, account_id: str) -> None:
         """regenerate-qr / an operator's restart: a fresh start with a fresh restart budget.
         For an account that needs repair (or was logged out) that start is a new pairing:
         resuming the stored session is what did not work."""
         w = self.watches.get(account_id)
-        if w is None:
-            self._reconcile(self.list_accounts())
-            w = self.watches.get(account_id)
-            if w is None or w.held is None:
-                return
-        if w.held in (AccountStatus.NEEDS_REPAIR.value, AccountStatus.LOGGED_OUT.value):
+        if w is None or not w.owned:
+            log.info("[supervisor] accountId=%s restart asked, but it does not run here", account_id)
+            return
+        if w.hold in (Hold.NEEDS_REPAIR, Hold.LOGGED_OUT):
             w.fresh_pairing = True
             log.warning("[supervisor] accountId=%s re-pair requested: a new pairing starts", account_id)
         self._stop_child(w)
-        w.held, w.restarts, w.degraded_restart_ms = None, RestartLog(), None
-        w.schedule_token += 1
-        self._overlay(w, status=AccountStatus.CONNECTING, warning=None)
+        w.hold, w.restarts, w.degraded_restart_ms = None, RestartLog(), None
+        w.status, w.is_degraded, w.warning = S.CONNECTING, False, None
         self._schedule(w, 0.0)
+        self._publish(w)
 
-    def _stop_child(self, w: _Watch) -> None:
-        child = w.child
-        if child is None:
-            return
-        w.child, w.probe_sent_s = None, None
-        self._overlay(w, connected=False)  # its last published state may still say connected
+    def _to_child(self, account_id: str, message, reply: Reply) -> bool:
+        w = self.watches.get(account_id)
         try:
-            child.ref.stop(timeout=STOP_CHILD_S)
-        except pykka.Timeout:
-            log.warning("[supervisor] accountId=%s did not stop within %.0f s: abandoning it", w.account_id,
-                        STOP_CHILD_S)
-            w.child = child
-            self._abandon(w)
+            if w is not None and w.child is not None:
+                w.child.ref.tell(message)
+                return True
         except pykka.ActorDeadError:
             pass
+        fail(reply, NotConnected(f"account {account_id} is not running on this instance"))
+        return False
 
-    def _overlay(self, w: _Watch, drop: tuple[str, ...] = (), **fields) -> None:
-        """What the board shows on top of the child's own state (or instead of it, while
-        no child runs): AccountState fields; `drop` hands fields back to the child."""
-        for name in drop:
-            w.overlay.pop(name, None)
-        w.overlay.update(fields)
-        w.overlay["restarts"] = w.restart_total
-        self.board.publish_supervision(w.account_id, dict(w.overlay))
+    def _publish(self, w: Watch) -> None:
+        """The decisions, to the board (readers) and, when the status moved, to the store."""
+        decided = w.supervision()
+        if decided != w.published:
+            w.published = decided
+            self.board.publish_supervision(decided)
+        if w.status is not w.stored_status:
+            w.stored_status = w.status
+            self.writer.tell(AccountUpdate(w.account_id, AccountPatch(status=w.status)))
 
     # --- shutdown --------------------------------------------------------------------------
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer, self._timer_due = None, None
-        self._heap.clear()
-
-    def _stop_sessions(self) -> None:
-        """Shutdown, step one: no new events; the actors keep draining the spool."""
+    def _stop_sessions(self, reply: Reply) -> None:
+        """Step one of a drain: no more starts; every child stops its session and hands
+        its rows over, then reports SessionStopped. `reply` is set when all have."""
         self.closing = True
-        self._cancel_timer()
         for w in self.watches.values():
-            if w.child is not None:
-                try:
-                    w.child.ref.tell("stop_session")
-                except pykka.ActorDeadError:
-                    pass
+            w.token += 1
+            if w.child is not None and _tell(w.child.ref, StopSession()):
+                self._sessions_left.add((w.account_id, w.child.generation))
+        self._sessions_reply = reply
+        self._answer_when_sessions_stopped()
 
-    def _stop_all(self) -> None:
-        self.closing = True
-        self._cancel_timer()
-        for w in self.watches.values():
-            self._stop_child(w)
+    def _session_stopped(self, account_id: str, generation: int) -> None:
+        self._sessions_left.discard((account_id, generation))
+        self._answer_when_sessions_stopped()
+
+    def _answer_when_sessions_stopped(self) -> None:
+        if not self._sessions_left and self._sessions_reply is not None:
+            answer(self._sessions_reply, True)
+            self._sessions_reply = None
+
+
+def _tell(ref: pykka.ActorRef, message) -> bool:
+    try:
+        ref.tell(message)
+        return True
+    except pykka.ActorDeadError:
+        return False

@@ -1,127 +1,118 @@
-"""StoreWriterActor: drains every account's ingest batches into the store.
+"""StoreWriterActor: the one writer of conversation data and account records.
 
 Batches from all accounts are merged and flushed together when 500 operations are
 waiting or ~100 ms after the first one arrived. Only after the store confirmed a flush
-are its spool rows marked done. A store error keeps everything (in memory and in the
-spool) and retries with capped exponential backoff: nothing is ever dropped.
+are its spool rows marked done.
+
+Errors are sorted, so that one account never blocks the others:
+- the store is unavailable (StoreError): everything is kept (here and in the spool) and
+  retried with the daemon's one backoff rule; the store monitor cuts the wait short
+  once the store answers again;
+- the store refuses one account's data for good (Refused: bad data, a stale fence), or
+  writing it raises something unexpected: the flush is retried account by account, and
+  the account whose writes fail has its rows quarantined with the reason and the
+  supervisor told; every other account's writes go through.
 """
 from __future__ import annotations
 
 import logging
-import threading
-from dataclasses import dataclass, field
-from typing import Any, Optional
+import random
+from collections import defaultdict
+from typing import Callable, Optional, Union
 
 import pykka
 
-from wasync.actors.timers import tell_later
+from wasync.actors.supervisor_protocol import WriteRejected
+from wasync.actors.writer_protocol import (
+    AccountUpdate, Drain, FlushDue, IngestBatch, StoreAnswers, StoreFlushDue, WriterMsg,
+)
+from wasync.runtime.account import AccountPatch
+from wasync.runtime.backoff import Backoff
 from wasync.runtime.board import Board
 from wasync.runtime.clock import Clock
 from wasync.runtime.metrics import Metrics
-from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, ThreadUpdate
 from wasync.runtime.spool import Spool
-from wasync.runtime.store.schema import Increment
+from wasync.runtime.store.base import Refused, StoreError
+from wasync.runtime.ticker import Timer, Timers
 
 log = logging.getLogger("wasync.writer")
 
 FLUSH_OPS = 500
 FLUSH_AFTER_S = 0.1
-RETRY_S = (0.2, 30.0)
+RETRY = Backoff(initial_ms=200, max_ms=30_000)
 # How often the store is asked to write what it holds back (Firestore coalesces thread
 # documents): spool rows are done only after that, so a held thread update is never lost.
 STORE_FLUSH_S = 1.0
 
-
-@dataclass
-class IngestBatch:
-    """What a run of spool rows of one account became."""
-
-    account_id: str
-    seqs: list[int] = field(default_factory=list)
-    received_ms: list[int] = field(default_factory=list)  # per message row: event -> store latency
-    messages: list[Message] = field(default_factory=list)
-    receipts: list[Receipt] = field(default_factory=list)
-    edits: list[MessageEdit] = field(default_factory=list)
-    revokes: list[MessageRevoke] = field(default_factory=list)
-    threads: list[ThreadUpdate] = field(default_factory=list)
-    account_fields: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ops(self) -> int:
-        return (len(self.messages) + len(self.receipts) + len(self.edits) + len(self.revokes) + len(self.threads)
-                + (1 if self.account_fields else 0))
+Work = Union[IngestBatch, AccountUpdate]
 
 
-@dataclass(frozen=True)
-class _Flush:
-    pass
-
-
-@dataclass(frozen=True)
-class _StoreFlush:
-    pass
-
-
-def merge_account_fields(into: dict[str, Any], fields: dict[str, Any]) -> None:
-    """Later values win, except counters, which add up."""
-    for key, value in fields.items():
-        old = into.get(key)
-        if isinstance(value, Increment) and isinstance(old, Increment):
-            into[key] = Increment(old.by + value.by)
-        else:
-            into[key] = value
+def _ops(item: Work) -> int:
+    return max(1, item.ops) if isinstance(item, IngestBatch) else 1
 
 
 class StoreWriterActor(pykka.ThreadingActor):
-    def __init__(self, store, spool: Spool, board: Board, metrics: Metrics, clock: Clock):
+    def __init__(self, store, spool: Spool, board: Board, metrics: Metrics, clock: Clock, ticker: Timers, *,
+                 on_rejected: Callable[[WriteRejected], None] = lambda rejected: None,
+                 retry: Backoff = RETRY, rand: Optional[random.Random] = None):
         super().__init__()
-        self.store, self.spool, self.board, self.metrics, self.clock = store, spool, board, metrics, clock
-        self._waiting: list[IngestBatch] = []
+        self.store, self.spool, self.board, self.metrics = store, spool, board, metrics
+        self.clock, self.ticker, self.on_rejected = clock, ticker, on_rejected
+        self.retry, self.rand = retry, rand or random.Random()
+        self._waiting: list[Work] = []
         self._ops = 0
-        self._timer: Optional[threading.Timer] = None
-        self._retry_s = RETRY_S[0]
+        self._timer: Optional[Timer] = None
+        self._failures = 0  # flushes failed in a row (the backoff's attempt)
         self._failing_since: Optional[float] = None
         # Spool rows whose writes returned, but whose thread documents the store may still
         # hold back: done only after the next `store.flush()` (at most every STORE_FLUSH_S).
         self._unflushed: list[int] = []
-        self._store_timer: Optional[threading.Timer] = None
+        self._store_timer: Optional[Timer] = None
         self._store_flushed_at: Optional[float] = None
 
-    def on_receive(self, message):
+    def on_receive(self, message: WriterMsg):
         try:
-            if isinstance(message, IngestBatch):
-                self._waiting.append(message)
-                self._ops += max(1, message.ops)
-                if self._ops >= FLUSH_OPS:
+            match message:
+                case IngestBatch() | AccountUpdate():
+                    self._take(message)
+                case FlushDue():
+                    self._timer = None
                     self._flush()
-                elif self._timer is None:
-                    self._schedule(FLUSH_AFTER_S)
-            elif isinstance(message, _Flush):
-                self._timer = None
-                self._flush()
-            elif isinstance(message, _StoreFlush):
-                self._store_timer = None
-                self._flush_store()
-            elif message == "drain":
-                return self._drain()
-            elif message == "pending":
-                return sum(len(b.seqs) for b in self._waiting)
+                case StoreFlushDue():
+                    self._store_timer = None
+                    self._flush_store()
+                case StoreAnswers():
+                    if self._failing_since is not None:
+                        self._flush()
+                        self._flush_store()
+                case Drain():
+                    return self._drain()
         except Exception:
             # Never let the writer die: keep what waits, count, retry later.
             log.exception("[realtime] writer: unexpected error; retrying")
             self.metrics.actor_failures.labels(actor="writer").inc()
-            self._schedule(self._retry_s)
+            self._later(self.retry.delay_s(self._failures, self.rand))
+        return None
 
-    def on_stop(self):
-        if self._timer:
-            self._timer.cancel()
-        if self._store_timer:
-            self._store_timer.cancel()
+    def on_stop(self) -> None:
+        for timer in (self._timer, self._store_timer):
+            if timer is not None:
+                timer.cancel()
 
-    def _schedule(self, delay_s: float) -> None:
+    def _take(self, item: Work) -> None:
+        self._waiting.append(item)
+        self._ops += _ops(item)
+        if self._failing_since is not None:
+            return  # the retry timer is set; the store is down
+        if self._ops >= FLUSH_OPS:
+            self._flush()
+        elif self._timer is None:
+            self._later(FLUSH_AFTER_S)
+
+    def _later(self, delay_s: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = tell_later(self.actor_ref, _Flush(), delay_s)
+        self._timer = self.ticker.later(self.actor_ref, FlushDue(), delay_s)
 
     def _drain(self) -> bool:
         """Flush now (shutdown); True if nothing is left waiting."""
@@ -131,53 +122,62 @@ class StoreWriterActor(pykka.ThreadingActor):
             self._flush_store()
         return not self._waiting and not self._unflushed
 
-    def _flush_store_soon(self) -> None:
-        if self._store_timer is not None:
-            return
-        now = self.clock.monotonic_s()
-        since = None if self._store_flushed_at is None else now - self._store_flushed_at
-        if since is None or since >= STORE_FLUSH_S:
-            self._flush_store()
-        else:
-            self._schedule_store_flush(STORE_FLUSH_S - since)
-
-    def _schedule_store_flush(self, delay_s: float) -> None:
-        if self._store_timer is not None:
-            self._store_timer.cancel()
-        self._store_timer = tell_later(self.actor_ref, _StoreFlush(), delay_s)
-
-    def _flush_store(self) -> None:
-        """Have the store write what it holds back, then release the spool rows."""
-        if not self._unflushed:
-            return
-        started = self.clock.monotonic_s()
-        try:
-            self.store.flush()
-        except Exception as exc:
-            self.metrics.store_errors.labels(op="threads").inc()
-            self.board.store_failed(f"{type(exc).__name__}: {exc}")
-            if self._failing_since is None:
-                self._failing_since = started
-            log.warning("[realtime] store flush failed: %s; %d events kept, retry in %.1fs",
-                        exc, len(self._unflushed), self._retry_s)
-            self._schedule_store_flush(self._retry_s)
-            self._retry_s = min(self._retry_s * 2, RETRY_S[1])
-            return
-        self._store_flushed_at = self.clock.monotonic_s()
-        self._retry_s = RETRY_S[0]
-        if self._failing_since is not None:
-            self.board.store_ok()
-            log.info("[realtime] store writes recovered after %.1fs", started - self._failing_since)
-            self._failing_since = None
-        seqs, self._unflushed = self._unflushed, []
-        self.spool.done(seqs)
+    # --- flushing ----------------------------------------------------------------------
 
     def _flush(self) -> None:
         if not self._waiting:
             return
-        batches, self._waiting, self._ops = self._waiting, [], 0
+        items, self._waiting, self._ops = self._waiting, [], 0
         started = self.clock.monotonic_s()
+        try:
+            self._write(items)
+            done = items
+        except Exception as exc:
+            if _retryable(exc):
+                self._failed(items, exc, started)
+                return
+            log.warning("[realtime] store refused a flush (%s): writing account by account", _describe(exc))
+            done, kept, unavailable = self._write_each_account(items)
+            if kept:
+                self._failed(kept, unavailable, started)
+                if not done:
+                    return
+        self._succeeded(done, started)
+
+    def _write_each_account(self, items: list[Work]) -> tuple[list[Work], list[Work], Optional[Exception]]:
+        """Isolate the accounts whose writes are refused (their rows are quarantined):
+        (written, kept for a retry, why those were kept)."""
+        by_account: dict[str, list[Work]] = defaultdict(list)
+        for item in items:
+            by_account[item.account_id].append(item)
+        done: list[Work] = []
+        kept: list[Work] = []
+        unavailable: Optional[Exception] = None
+        for account_id, group in by_account.items():
+            try:
+                self._write(group)
+                done.extend(group)
+            except Exception as exc:
+                if _retryable(exc):
+                    kept.extend(group)
+                    unavailable = exc
+                else:
+                    self._reject(account_id, group, exc)
+        return done, kept, unavailable
+
+    def _reject(self, account_id: str, group: list[Work], exc: Exception) -> None:
+        seqs = [seq for item in group if isinstance(item, IngestBatch) for seq in item.seqs]
+        reason = _describe(exc)
+        log.error("[realtime] accountId=%s the store refused its writes for good (%s): %d events quarantined",
+                  account_id, reason, len(seqs), exc_info=not isinstance(exc, Refused))
+        self.spool.quarantine(seqs, f"store refused: {reason}")
+        self.metrics.store_rejected.labels(reason=type(exc).__name__).inc()
+        self.metrics.quarantined.inc(len(seqs))
+        self.on_rejected(WriteRejected(account_id, reason, len(seqs)))
+
+    def _write(self, items: list[Work]) -> None:
         now_ms = self.clock.wall_ms()
+        batches = [item for item in items if isinstance(item, IngestBatch)]
         op = "messages"
         try:
             messages = [m for b in batches for m in b.messages]
@@ -189,39 +189,99 @@ class StoreWriterActor(pykka.ThreadingActor):
                                     ("edits", "edits", self.store.apply_edits),
                                     ("revokes", "revokes", self.store.apply_revokes),
                                     ("threads", "threads", self.store.update_threads)):
-                items = [item for b in batches for item in getattr(b, attr)]
-                if items:
-                    apply(items, now_ms)
+                found = [x for b in batches for x in getattr(b, attr)]
+                if found:
+                    apply(found, now_ms)
             op = "accounts"
-            fields: dict[str, dict] = {}
-            for b in batches:
-                if b.account_fields:
-                    merge_account_fields(fields.setdefault(b.account_id, {}), b.account_fields)
-            for account_id, account_fields in fields.items():
-                self.store.merge_account(account_id, account_fields, now_ms)
-        except Exception as exc:
-            self._waiting = batches + self._waiting
-            self._ops = sum(max(1, b.ops) for b in self._waiting)
+            patches: dict[str, AccountPatch] = {}
+            for item in items:
+                if item.patch:
+                    earlier = patches.get(item.account_id)
+                    patches[item.account_id] = item.patch if earlier is None else earlier.then(item.patch)
+            for account_id, patch in patches.items():
+                self.store.update_account(account_id, patch, now_ms)
+        except Exception:
             self.metrics.store_errors.labels(op=op).inc()
-            self.board.store_failed(f"{type(exc).__name__}: {exc}")
-            if self._failing_since is None:
-                self._failing_since = started
-            log.warning("[realtime] store write failed (op=%s): %s; %d batches kept, retry in %.1fs",
-                        op, exc, len(self._waiting), self._retry_s)
-            self._schedule(self._retry_s)
-            self._retry_s = min(self._retry_s * 2, RETRY_S[1])
-            return
-        self._unflushed.extend(s for b in batches for s in b.seqs)
-        elapsed = self.clock.monotonic_s() - started
+            raise
+
+    def _failed(self, items: list[Work], exc: Exception, started: float) -> None:
+        self._waiting = items + self._waiting
+        self._ops = sum(_ops(item) for item in self._waiting)
+        self.board.publish_writes(False, _describe(exc))
+        if self._failing_since is None:
+            self._failing_since = started
+        delay = self.retry.delay_s(self._failures, self.rand)
+        self._failures += 1
+        log.warning("[realtime] store write failed (%s); %d batches kept, retry in %.1fs",
+                    _describe(exc), len(self._waiting), delay)
+        self._later(delay)
+
+    def _succeeded(self, items: list[Work], started: float) -> None:
+        self._unflushed.extend(seq for item in items if isinstance(item, IngestBatch) for seq in item.seqs)
         done_ms = self.clock.wall_ms()
-        self.metrics.flush_seconds.observe(elapsed)
-        self.metrics.flush_batch.observe(sum(b.ops for b in batches))
-        for b in batches:
-            for received in b.received_ms:
-                self.metrics.event_to_store.observe(max(0, done_ms - received) / 1000)
-        self.board.store_ok()
+        self.metrics.flush_seconds.observe(self.clock.monotonic_s() - started)
+        self.metrics.flush_batch.observe(sum(_ops(item) for item in items))
+        for item in items:
+            if isinstance(item, IngestBatch):
+                for received in item.received_ms:
+                    self.metrics.event_to_store.observe(max(0, done_ms - received) / 1000)
+        if not self._waiting:
+            self._recovered(started)
+        self._flush_store_soon()
+
+    def _recovered(self, started: float) -> None:
+        self.board.publish_writes(True)
         if self._failing_since is not None:
             log.info("[realtime] store writes recovered after %.1fs", started - self._failing_since)
-            self._failing_since = None
-        self._retry_s = RETRY_S[0]
-        self._flush_store_soon()
+        self._failing_since, self._failures = None, 0
+
+    # --- what the store holds back -----------------------------------------------------------
+
+    def _flush_store_soon(self) -> None:
+        if self._store_timer is not None:
+            return
+        now = self.clock.monotonic_s()
+        since = None if self._store_flushed_at is None else now - self._store_flushed_at
+        if since is None or since >= STORE_FLUSH_S:
+            self._flush_store()
+        else:
+            self._store_timer = self.ticker.later(self.actor_ref, StoreFlushDue(), STORE_FLUSH_S - since)
+
+    def _flush_store(self) -> None:
+        """Have the store write what it holds back, then release the spool rows."""
+        if not self._unflushed:
+            return
+        try:
+            self.store.flush()
+        except Refused as exc:
+            # A held-back thread summary the store will never take: the messages are stored,
+            # and thread repair rebuilds summaries; holding every account's rows would not help.
+            log.error("[realtime] the store refused held-back thread updates for good: %s", exc)
+            self.metrics.store_rejected.labels(reason=type(exc).__name__).inc()
+        except Exception as exc:
+            self.metrics.store_errors.labels(op="threads").inc()
+            self.board.publish_writes(False, _describe(exc))
+            if self._failing_since is None:
+                self._failing_since = self.clock.monotonic_s()
+            delay = self.retry.delay_s(self._failures, self.rand)
+            self._failures += 1
+            log.warning("[realtime] store flush failed: %s; %d events kept, retry in %.1fs",
+                        exc, len(self._unflushed), delay)
+            if self._store_timer is not None:
+                self._store_timer.cancel()
+            self._store_timer = self.ticker.later(self.actor_ref, StoreFlushDue(), delay)
+            return
+        self._store_flushed_at = self.clock.monotonic_s()
+        if not self._waiting:
+            self._recovered(self._store_flushed_at)
+        seqs, self._unflushed = self._unflushed, []
+        self.spool.done(seqs)
+
+
+def _retryable(exc: BaseException) -> bool:
+    """The store is unavailable (retry, for everyone) rather than refusing this data."""
+    return isinstance(exc, StoreError) and not isinstance(exc, Refused)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

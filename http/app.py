@@ -1,5 +1,6 @@
-"""The aiohttp application: factory, middlewares (request ids, JSON errors, auth) and
-what the route modules share (ApiError, app keys, the bridge to the daemon).
+"""The aiohttp application: factory and middlewares (request ids, JSON errors, auth).
+What the route modules share is in http/common.py; each resource's routes are one route
+table in http/routes/.
 
 Middleware order (outermost first): request id -> errors -> auth -> handler. The request
 id is outermost so that every response, errors included, carries X-Request-Id and every
@@ -15,20 +16,19 @@ daemon refuses to listen on a non-loopback HOST without a token
 """
 from __future__ import annotations
 
-import contextvars
-import enum
 import hmac
-import json
 import logging
 import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
-from typing import Any, Optional
+from typing import Optional
 
 from aiohttp import web
 
+from wasync.http.common import (
+    CONTROL, EXECUTOR, METRICS, REQUEST_ID, SETTINGS, TIMEOUT_S, ApiError, error_response, request_id_var,
+)
 from wasync.runtime import bridge
 from wasync.runtime.config import ConfigError, Settings
 from wasync.runtime.control import DaemonControl, UnknownAccount
@@ -45,16 +45,6 @@ ADMIN_TIMEOUT_S = 5.0  # how long an admin request waits for the daemon
 MAX_BODY_BYTES = 64 * 1024  # admin bodies are tiny; refuse anything bigger early
 BRIDGE_WORKERS = 4
 
-CONTROL = web.AppKey("control", DaemonControl)
-SETTINGS = web.AppKey("settings", Settings)
-METRICS = web.AppKey("metrics", Metrics)
-EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
-TIMEOUT_S = web.AppKey("admin_timeout_s", float)
-REQUEST_ID = web.RequestKey("request_id", str)
-
-# The current request's id, for log lines written anywhere below the middleware.
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("wasync_request_id", default="-")
-
 # Accept a caller's id only if it is short and harmless in a log line.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -63,45 +53,6 @@ _STATUS_CODES = {
     405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
     500: "internal_error", 503: "unavailable", 504: "timeout",
 }
-
-
-class ApiError(Exception):
-    """An error the client should see as `{success: false, error: {code, message}}`."""
-
-    def __init__(self, status: int, code: str, message: str, headers: Optional[dict] = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
-
-
-def _json_default(value: Any) -> Any:
-    # Store documents are JSON-safe already; this only covers stray datetimes/enums.
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, enum.Enum):
-        return value.value
-    return str(value)
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, default=_json_default, separators=(",", ":"))
-
-
-def json_response(body: Any, status: int = 200, headers: Optional[dict] = None) -> web.Response:
-    return web.json_response(body, status=status, headers=headers, dumps=dumps)
-
-
-def error_response(status: int, code: str, message: str, headers: Optional[dict] = None) -> web.Response:
-    body = {"success": False, "error": {"code": code, "message": message, "requestId": request_id_var.get()}}
-    return json_response(body, status=status, headers=headers)
-
-
-async def call_daemon(request: web.Request, fn, *args: Any) -> Any:
-    """Run a blocking DaemonControl method through the bridge (own executor, timeout)."""
-    app = request.app
-    return await bridge.ask(app[EXECUTOR], fn, *args, timeout_s=app[TIMEOUT_S])
 
 
 # --- middlewares -------------------------------------------------------------------
@@ -207,26 +158,23 @@ def create_app(control: DaemonControl, settings: Settings, metrics: Metrics, *,
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[TIMEOUT_S] = float(admin_timeout_s)
-    # A bounded executor of our own: admin calls that hang keep their threads, and must
-    # not take the loop's default executor (DNS, file I/O) down with them.
-    app[EXECUTOR] = ThreadPoolExecutor(max_workers=BRIDGE_WORKERS, thread_name_prefix="wasync-http-bridge")
+    app.cleanup_ctx.append(_bridge_executor)
 
-    async def _shutdown_executor(app: web.Application) -> None:
-        app[EXECUTOR].shutdown(wait=False, cancel_futures=True)
-
-    app.on_cleanup.append(_shutdown_executor)
-
-    # Imported here, not at the top: the route modules import ApiError and the app keys
-    # from this module.
+    # Imported here, not at the top: route modules are leaves that import http.common.
     from wasync.http.routes import (
         account_health, accounts, dashboard, debug, health, metrics as metrics_routes, pairing,
     )
 
-    health.setup(app)
-    metrics_routes.setup(app)
-    accounts.setup(app)
-    pairing.setup(app)
-    account_health.setup(app)
-    dashboard.setup(app)
-    debug.setup(app, settings.debug_faults)
+    for module in (health, metrics_routes, accounts, pairing, account_health, dashboard):
+        app.add_routes(module.routes)
+    if settings.debug_faults:
+        app.add_routes(debug.routes)
     return app
+
+
+async def _bridge_executor(app: web.Application):
+    """A bounded executor of the app's own for blocking daemon calls: calls that hang keep
+    their threads, and must not take the loop's default executor (DNS, file I/O) down."""
+    app[EXECUTOR] = ThreadPoolExecutor(max_workers=BRIDGE_WORKERS, thread_name_prefix="wasync-http-bridge")
+    yield
+    app[EXECUTOR].shutdown(wait=False, cancel_futures=True)

@@ -1,102 +1,158 @@
 """The published state of a running daemon: actors write it, HTTP and metrics read it.
-Reads never wait for an actor or the store (DESIGN: read-only endpoints read snapshots)."""
+Reads never wait for an actor or the store (DESIGN: read-only endpoints read snapshots).
+
+Each fact has one writer:
+- account actors: their `AccountFacts` (only the generation the supervisor runs counts);
+- the supervisor: its `Supervision` of each account, and which accounts it watches;
+- the writer: how its last store write went; the store monitor: the last ping and the
+  spool's depth; the system: readiness.
+Readers get them put together (`AccountState.of`, `StoreHealth`), never reconciled.
+"""
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
+from dataclasses import dataclass, field
 from typing import Optional
 
+from wasync.runtime.account import AccountFacts, AccountState, Supervision
 from wasync.runtime.clock import Clock
-from wasync.runtime.control import Snapshot, StoreHealth
-from wasync.runtime.model import AccountState, AccountStatus
+
+
+@dataclass(frozen=True)
+class StoreHealth:
+    name: str  # "sqlite" | "firestore"
+    connected: bool
+    checked_at_ms: Optional[int] = None
+    last_error: Optional[str] = None
+    down_since_ms: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The daemon's state as last published."""
+
+    instance_id: str
+    ready: bool
+    mode: str  # "active" | "passive"
+    store: StoreHealth
+    accounts: tuple[AccountState, ...] = ()
+    spool_depth: int = 0
+    spool_oldest_age_ms: Optional[int] = None
+    taken_at_ms: int = 0
+    # per account: {"accountId", "lastRealtimeIngestAt", "lastRealtimeMessageAt", "lastRealtimeError"}
+    latest_realtime: tuple[dict, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class _Check:
+    """One observer's latest word on the store."""
+
+    ok: bool = True
+    at_ms: Optional[int] = None
+    error: Optional[str] = None
+    failing_since_ms: Optional[int] = None
+
+    def then(self, ok: bool, at_ms: int, error: Optional[str]) -> "_Check":
+        since = None if ok else (self.failing_since_ms if not self.ok else at_ms)
+        return _Check(ok, at_ms, None if ok else error, since)
 
 
 class Board:
     def __init__(self, instance_id: str, store_name: str, clock: Clock):
         self.instance_id = instance_id
+        self.store_name = store_name
         self.clock = clock
         self._lock = threading.Lock()
-        self._accounts: dict[str, AccountState] = {}
-        self._realtime: dict[str, dict] = {}
-        self._store = StoreHealth(name=store_name, connected=True)
+        self._decided: dict[str, Supervision] = {}
+        self._observed: dict[str, AccountFacts] = {}
+        self._writes = _Check()
+        self._ping = _Check()
         self._ready = False
-        self._spool = (0, None)
-        self._qr: dict[str, str] = {}
-        self._supervision: dict[str, dict] = {}
+        self._spool: tuple[int, Optional[int]] = (0, None)
 
-    def publish_account(self, state: AccountState) -> None:
+    # --- writers ---------------------------------------------------------------------
+
+    def publish_supervision(self, decided: Supervision) -> None:
+        """The supervisor's decisions; a new generation drops the facts of the last actor."""
         with self._lock:
-            self._accounts[state.account_id] = state
-
-    def publish_supervision(self, account_id: str, overlay: dict) -> None:
-        """The supervisor's view of an account (restarts, repair, and while no actor runs
-        for it, status and warning): laid over the actor's own state in every read."""
-        with self._lock:
-            self._supervision[account_id] = dict(overlay)
-
-    def _merged(self, account_id: str) -> Optional[AccountState]:
-        state = self._accounts.get(account_id)
-        overlay = self._supervision.get(account_id)
-        if overlay is None:
-            return state
-        if state is None:
-            state = AccountState(account_id=account_id, status=overlay.get("status") or AccountStatus.CONNECTING)
-        return replace(state, **overlay)
+            self._decided[decided.account_id] = decided
+            facts = self._observed.get(decided.account_id)
+            if facts is not None and facts.generation != decided.generation:
+                del self._observed[decided.account_id]
 
     def drop_account(self, account_id: str) -> None:
+        """The supervisor no longer watches the account (removed, moved away)."""
         with self._lock:
-            self._supervision.pop(account_id, None)
-            self._accounts.pop(account_id, None)
-            self._realtime.pop(account_id, None)
-            self._qr.pop(account_id, None)
+            self._decided.pop(account_id, None)
+            self._observed.pop(account_id, None)
 
-    def publish_realtime(self, account_id: str, **fields) -> None:
+    def publish_facts(self, facts: AccountFacts) -> None:
+        """An account actor's facts; ignored unless it is the actor the supervisor runs."""
         with self._lock:
-            entry = self._realtime.setdefault(account_id, {"accountId": account_id})
-            entry.update({k: v for k, v in fields.items() if v is not None})
+            decided = self._decided.get(facts.account_id)
+            if decided is not None and decided.generation == facts.generation:
+                self._observed[facts.account_id] = facts
 
-    def publish_qr(self, account_id: str, code: Optional[str]) -> None:
-        """The pairing code a phone should scan now (None once paired)."""
-        with self._lock:
-            if code:
-                self._qr[account_id] = code
-            else:
-                self._qr.pop(account_id, None)
-
-    def qr(self, account_id: str) -> Optional[str]:
-        with self._lock:
-            return self._qr.get(account_id)
-
-    def store_ok(self) -> None:
+    def publish_writes(self, ok: bool, error: Optional[str] = None) -> None:
         now = self.clock.wall_ms()
         with self._lock:
-            self._store = StoreHealth(self._store.name, True, checked_at_ms=now)
+            self._writes = self._writes.then(ok, now, error)
 
-    def store_failed(self, error: str) -> None:
+    def publish_ping(self, ok: bool, error: Optional[str] = None) -> None:
         now = self.clock.wall_ms()
         with self._lock:
-            since = self._store.down_since_ms if not self._store.connected else now
-            self._store = StoreHealth(self._store.name, False, checked_at_ms=now, last_error=error,
-                                      down_since_ms=since)
+            self._ping = self._ping.then(ok, now, error)
+
+    def publish_spool(self, depth: int, oldest_received_ms: Optional[int]) -> None:
+        with self._lock:
+            self._spool = (depth, oldest_received_ms)
 
     def set_ready(self, ready: bool) -> None:
         with self._lock:
             self._ready = ready
 
-    def set_spool(self, depth: int, oldest_received_ms: Optional[int]) -> None:
-        with self._lock:
-            self._spool = (depth, oldest_received_ms)
+    # --- readers -----------------------------------------------------------------------
 
     def account(self, account_id: str) -> Optional[AccountState]:
         with self._lock:
-            return self._merged(account_id)
+            decided = self._decided.get(account_id)
+            return None if decided is None else AccountState.of(decided, self._observed.get(account_id))
+
+    def qr(self, account_id: str) -> Optional[str]:
+        """The pairing code a phone should scan now (None when not pairing)."""
+        with self._lock:
+            decided, facts = self._decided.get(account_id), self._observed.get(account_id)
+            return facts.qr_code if decided is not None and decided.running and facts is not None else None
+
+    def ingesting(self, account_id: str) -> bool:
+        """Whether an actor here reads the account's spool rows (now, or once it starts)."""
+        with self._lock:
+            decided = self._decided.get(account_id)
+            return decided is not None and decided.ingesting
+
+    def store_health(self) -> StoreHealth:
+        with self._lock:
+            return self._store_health()
+
+    def _store_health(self) -> StoreHealth:
+        checks = (self._writes, self._ping)
+        failing = [c for c in checks if not c.ok]
+        times = [c.at_ms for c in checks if c.at_ms is not None]
+        return StoreHealth(self.store_name, not failing, checked_at_ms=max(times) if times else None,
+                           last_error=failing[0].error if failing else None,
+                           down_since_ms=min(c.failing_since_ms for c in failing) if failing else None)
 
     def snapshot(self) -> Snapshot:
         now = self.clock.wall_ms()
         with self._lock:
             depth, oldest = self._spool
+            accounts = tuple(AccountState.of(d, self._observed.get(a)) for a, d in sorted(self._decided.items()))
+            realtime = tuple({"accountId": f.account_id, "lastRealtimeIngestAt": f.realtime_ingest_ms,
+                              "lastRealtimeMessageAt": f.realtime_message_ms, "lastRealtimeError": f.realtime_error}
+                             for f in self._observed.values()
+                             if f.realtime_ingest_ms is not None or f.realtime_error is not None)
             return Snapshot(
-                instance_id=self.instance_id, ready=self._ready, mode="active", store=self._store,
-                accounts=tuple(self._merged(a) for a in sorted(self._accounts.keys() | self._supervision.keys())),
-                spool_depth=depth, spool_oldest_age_ms=None if oldest is None else max(0, now - oldest),
-                taken_at_ms=now, latest_realtime=tuple(dict(v) for v in self._realtime.values()))
+                instance_id=self.instance_id, ready=self._ready, mode="active", store=self._store_health(),
+                accounts=accounts, spool_depth=depth,
+                spool_oldest_age_ms=None if oldest is None else max(0, now - oldest), taken_at_ms=now,
+                latest_realtime=tuple({k: v for k, v in r.items() if v is not None} for r in realtime))

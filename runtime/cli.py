@@ -62,10 +62,10 @@ def run(argv: list[str]) -> int:
     setup_logging(settings.log_level)
     import asyncio
 
-    from wasync.runtime.daemon import Daemon, serve
+    from wasync.runtime.daemon import build_system, serve
 
-    daemon = Daemon(settings).start()
-    return asyncio.run(serve(daemon, settings))
+    system = build_system(settings).start()
+    return asyncio.run(serve(system, settings))
 
 
 def accounts(argv: list[str]) -> int:
@@ -82,7 +82,7 @@ def accounts(argv: list[str]) -> int:
     if settings is None:
         return 2
     setup_logging("warning")
-    from wasync.runtime.accounts import BadAccount, account_fields, check_account_id, check_phone
+    from wasync.runtime.account import BadAccount, check_account_id, check_phone
     from wasync.runtime.clock import Clock
     from wasync.runtime.daemon import make_store
 
@@ -99,10 +99,9 @@ def accounts(argv: list[str]) -> int:
             print(f"wasync accounts: {exc}", file=sys.stderr)
             return 2
         if args.action == "add":
-            if store.get_account(account_id) is not None:
+            if not store.create_account(account_id, phone, Clock().wall_ms()):
                 print(f"wasync accounts: {account_id} exists already", file=sys.stderr)
                 return 1
-            store.merge_account(account_id, account_fields(account_id, phone), Clock().wall_ms())
             print(json.dumps(store.get_account(account_id), sort_keys=True))
             return 0
         if not store.delete_account(account_id):

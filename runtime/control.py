@@ -1,40 +1,29 @@
-"""What the HTTP surface (and the CLI) may ask of a running daemon.
+"""What the HTTP surface (and the CLI) may ask of a running daemon, and the facade that
+answers it over the running system.
 
 Read-only calls return published snapshots and never block or fail because the store or
 an actor is slow; admin calls may block (the HTTP layer runs them through
-runtime/bridge.py in an executor, with a timeout).
+runtime/bridge.py in an executor, with a timeout). The facade only reads the store, reads
+the board and tells actors; where an answer comes from an actor it waits on a Reply,
+never inside an actor.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
 from typing import Optional, Protocol
 
-from wasync.runtime.model import AccountState
+import pykka
 
+from wasync.actors.ownership_protocol import Refresh
+from wasync.actors.reply import new_reply
+from wasync.actors.supervisor_protocol import InjectFault, RequestPairingCode, RestartAccount
+from wasync.runtime.board import Board, Snapshot
+from wasync.runtime.clock import Clock
+from wasync.runtime.transport.session import NotConnected
 
-@dataclass(frozen=True)
-class StoreHealth:
-    name: str  # "sqlite" | "firestore"
-    connected: bool
-    checked_at_ms: Optional[int] = None
-    last_error: Optional[str] = None
-    down_since_ms: Optional[int] = None
+log = logging.getLogger("wasync.control")
 
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The daemon's state as last published (every account actor publishes on change)."""
-
-    instance_id: str
-    ready: bool
-    mode: str  # "active" | "passive"
-    store: StoreHealth
-    accounts: tuple[AccountState, ...] = ()
-    spool_depth: int = 0
-    spool_oldest_age_ms: Optional[int] = None
-    taken_at_ms: int = 0
-    # per account: {"accountId", "lastRealtimeIngestAt", "lastRealtimeMessageAt", "lastRealtimeError"}
-    latest_realtime: tuple[dict, ...] = field(default=())
+REPLY_TIMEOUT_S = 60.0  # pairing by phone code can take most of a minute on neonize
 
 
 class AccountExists(ValueError):
@@ -50,7 +39,7 @@ class DaemonControl(Protocol):
         """Never blocks; never raises."""
 
     def list_accounts(self) -> list[dict]:
-        """Account documents (store), merged with live state where the daemon has it."""
+        """The stored account documents (runtime/views.py lays the live state over them)."""
 
     def add_account(self, account_id: str, phone: Optional[str]) -> dict:
         """Register an account and start it (pairing if it has no session). Raises
@@ -61,7 +50,7 @@ class DaemonControl(Protocol):
 
     def current_qr(self, account_id: str) -> Optional[str]:
         """The pairing code to show now, None when the account is not pairing. Never
-        blocks (snapshot). Raises UnknownAccount."""
+        blocks (snapshot) for an account running here. Raises UnknownAccount."""
 
     def pair_phone(self, account_id: str, phone: str) -> str:
         """An 8-character code to type on the phone (while pairing). Raises
@@ -73,3 +62,68 @@ class DaemonControl(Protocol):
     def inject_fault(self, account_id: str, kind: str) -> None:
         """Test-only fault injection ("raise" | "block") into the account's actor; the HTTP
         route exists only with WASYNC_DEBUG_FAULTS. Raises UnknownAccount, NotConnected."""
+
+
+class SystemControl:
+    """DaemonControl over a running system (runtime/daemon.py wires it)."""
+
+    def __init__(self, store, board: Board, clock: Clock, supervisor: pykka.ActorRef, ownership: pykka.ActorRef,
+                 reply_timeout_s: float = REPLY_TIMEOUT_S):
+        self.store, self.board, self.clock = store, board, clock
+        self.supervisor, self.ownership = supervisor, ownership
+        self.reply_timeout_s = reply_timeout_s
+
+    def snapshot(self) -> Snapshot:
+        return self.board.snapshot()
+
+    def list_accounts(self) -> list[dict]:
+        return self.store.list_accounts()
+
+    def add_account(self, account_id: str, phone: Optional[str]) -> dict:
+        if not self.store.create_account(account_id, phone, self.clock.wall_ms()):
+            raise AccountExists(account_id)
+        self._refresh()
+        log.info("[supervisor] accountId=%s added phone=%s", account_id, phone or "-")
+        return self.store.get_account(account_id)
+
+    def remove_account(self, account_id: str) -> None:
+        if not self.store.delete_account(account_id):
+            raise UnknownAccount(account_id)
+        self._refresh()
+        log.info("[supervisor] accountId=%s removed", account_id)
+
+    def current_qr(self, account_id: str) -> Optional[str]:
+        if self.board.account(account_id) is None:
+            self._known(account_id)
+        return self.board.qr(account_id)
+
+    def pair_phone(self, account_id: str, phone: str) -> str:
+        reply = new_reply()
+        self.supervisor.tell(RequestPairingCode(account_id, phone, reply))
+        try:
+            return reply.get(timeout=self.reply_timeout_s)
+        except NotConnected:
+            self._known(account_id)
+            raise
+
+    def regenerate_qr(self, account_id: str) -> None:
+        self._known(account_id)
+        self.supervisor.tell(RestartAccount(account_id))
+        log.info("[supervisor] accountId=%s pairing restarted (regenerate-qr)", account_id)
+
+    def inject_fault(self, account_id: str, kind: str) -> None:
+        reply = new_reply()
+        self.supervisor.tell(InjectFault(account_id, kind, reply))
+        try:
+            reply.get(timeout=self.reply_timeout_s)
+        except NotConnected:
+            self._known(account_id)
+            raise
+        log.warning("[supervisor] accountId=%s fault injected: %s", account_id, kind)
+
+    def _known(self, account_id: str) -> None:
+        if self.board.account(account_id) is None and self.store.get_account(account_id) is None:
+            raise UnknownAccount(account_id)
+
+    def _refresh(self) -> None:
+        self.ownership.tell(Refresh(self.clock.monotonic_s()))

@@ -71,6 +71,12 @@ class Metrics:
         self.store_errors = Counter(
             "wasync_store_errors_total", "Failed store operations, by operation", ("op",), registry=r)
         self.store_up = Gauge("wasync_store_up", "1 when the store answered its last check", registry=r)
+        self.store_rejected = Counter(
+            "wasync_store_rejected_total", "Writes the store refused for good (their events quarantined), by error",
+            ("reason",), registry=r)
+        self.swept = Counter(
+            "wasync_spool_swept_total", "Spool events of accounts not running here, written by the sweeper",
+            registry=r)
         self.event_to_spool = Histogram(
             "wasync_event_to_spool_seconds", "Transport callback to spool append",
             buckets=EVENT_TO_SPOOL_BUCKETS, registry=r)

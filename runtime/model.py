@@ -7,7 +7,7 @@ the epoch unless a name says otherwise.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from typing import Optional, Union
 
 
@@ -426,36 +426,3 @@ class Ignored:
 NormalizedEvent = Union[
     Message, MessageEdit, MessageRevoke, Receipt, HistoryBatch, ProtocolMessage, Ignored, SessionEvent
 ]
-
-
-@dataclass(frozen=True)
-class AccountState:
-    """What the daemon knows about one account at a point in time (published
-    snapshot; the health endpoint and dashboard read these)."""
-
-    account_id: str
-    status: AccountStatus
-    phone: Optional[str] = None
-    jid: Optional[str] = None
-    connected: bool = False
-    last_real_message_ms: Optional[int] = None
-    last_protocol_message_ms: Optional[int] = None
-    connected_since_ms: Optional[int] = None
-    real_messages: int = 0
-    protocol_messages: int = 0
-    restarts: int = 0
-    needs_repair: bool = False
-    repair_reason: Optional[str] = None
-    repair_requested_ms: Optional[int] = None
-    lease_holder: Optional[str] = None
-    # the health verdict (actors/policy/health.py) as of the last evaluation
-    is_degraded: bool = False
-    warning: Optional[str] = None
-    last_history_sync_ms: Optional[int] = None
-    keepalive_timeouts: int = 0  # in a row; reset by KeepAliveRestored or a new connection
-    undecryptable_recent: int = 0  # in the last UNDECRYPTABLE_WINDOW
-    extra: dict = field(default_factory=dict, compare=False)
-
-
-def field_names(cls) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))

@@ -54,3 +54,11 @@ def race_for_lease(path, name, rounds, results):
                 store.release_lease("shared", name, lease.epoch)
     store.close()
     results.put(json.dumps(got))
+
+
+def plant_account(store, doc: dict) -> None:
+    """Put an account document into a SqliteStore exactly as given: what another writer
+    (an older version, another instance, the inbox app) may have left. Read-side tests
+    use it; the daemon itself only writes accounts through create/update_account."""
+    with store._write() as conn:
+        store._put_account(conn, doc["accountId"], dict(doc))

@@ -459,7 +459,9 @@ def test_store_outage_loses_nothing(stack):
         assert_matches_world(stack, store, world_now, accounts)
     finally:
         store.close()
-    assert "store writes recovered" in daemon.log.read_text(errors="replace"), stack.logs()
+    # The monitor saw the store come back (the writer may have failed and recovered, or
+    # simply waited out the freeze inside its call).
+    assert "the store answers again" in daemon.log.read_text(errors="replace"), stack.logs()
     stop_and_check_drain(stack, daemon)
 
 

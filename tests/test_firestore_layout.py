@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 from google.api_core.datetime_helpers import DatetimeWithNanoseconds
@@ -16,11 +16,14 @@ from google.cloud.firestore_v1.batch import WriteBatch
 from emulator import free_port
 from store_fixtures import T0, msg, out, receipt
 from wasync.runtime import config
-from wasync.runtime.model import MessageStatus, MessageType, ReceiptKind, SyncSource, ThreadUpdate, thread_id
+from wasync.runtime.account import AccountPatch, HistorySyncResult, HistorySyncUpdate, Repair
+from wasync.runtime.model import (
+    AccountStatus, MessageStatus, MessageType, ReceiptKind, SyncSource, ThreadUpdate, thread_id,
+)
 from wasync.runtime.store.base import Fence, OutboxItem, StoreError
 from wasync.runtime.store.firestore import FirestoreStore
 from wasync.runtime.store.firestore_wire import fast_set, write_pb
-from wasync.runtime.store.schema import SERVER_TIME, Increment, ms_to_dt
+from wasync.runtime.store.schema import ms_to_dt
 
 pytestmark = pytest.mark.firestore
 
@@ -236,23 +239,22 @@ def test_batches_stay_within_500_writes(store, db, commits):
 
 
 def test_account_document(store, db):
-    store.merge_account("acct1", {"status": "connecting", "historySyncCount": Increment(1),
-                                  "lastAutoBackfillStatus": {"running": True, "startedAt": SERVER_TIME,
-                                                             "trigger": "connect", "holder": "i1"}}, NOW)
-    store.merge_account("acct1", {"status": "connected", "historySyncCount": Increment(2),
-                                  "lastRealtimeIngestAt": SERVER_TIME,
-                                  "lastAutoBackfillStatus": {"ok": True, "running": False, "threads": 3,
-                                                             "messages": 40, "errors": 0, "durationMs": 1200}},
-                        NOW + 1000)
+    assert store.create_account("acct1", "15550001111", NOW)
+    first = HistorySyncUpdate(NOW, HistorySyncResult(40, 2, 0, 42, False), "spool-a", (5,))
+    store.update_account("acct1", AccountPatch(status=AccountStatus.CONNECTING, history=first), NOW)
+    second = HistorySyncUpdate(NOW + 500, HistorySyncResult(1, 0, 0, 1, False), "spool-a", (6, 7))
+    store.update_account("acct1", AccountPatch(status=AccountStatus.CONNECTED, realtime_ingest_ms=NOW + 900,
+                                               realtime_message_ms=NOW + 800, history=second,
+                                               repair=Repair(True, "logged out", NOW)), NOW + 1000)
     doc = read(db, "accounts", "acct1")
     assert_types(doc, accountId=str, status=str, historySyncCount=int, lastRealtimeIngestAt=datetime,
-                 lastAutoBackfillStatus=dict, updatedAt=datetime)
+                 lastRealtimeMessageAt=datetime, lastHistorySyncAt=datetime, lastHistorySyncResult=dict,
+                 repairRequestedAt=datetime, needsRepair=bool, createdAt=datetime, updatedAt=datetime)
     assert doc["historySyncCount"] == 3 and doc["updatedAt"] == ms_to_dt(NOW + 1000)
-    # SERVER_TIME is Firestore's own clock, not the caller's
-    assert abs(doc["lastRealtimeIngestAt"] - datetime.now(timezone.utc)) < timedelta(minutes=1)
-    # a map is replaced, not deep-merged: the finished run does not keep `trigger`
-    assert doc["lastAutoBackfillStatus"] == {"ok": True, "running": False, "threads": 3, "messages": 40,
-                                             "errors": 0, "durationMs": 1200}
+    assert doc["lastRealtimeIngestAt"] == ms_to_dt(NOW + 900) and doc["lastRealtimeMessageAt"] == ms_to_dt(NOW + 800)
+    # a map is replaced, not deep-merged: nothing of the first result is left
+    assert doc["lastHistorySyncResult"] == {"saved": 1, "skipped": 0, "errors": 0, "total": 1, "dryRun": False}
+    assert doc["historySyncCountMarks"] == {"spool-a": 7}
 
 
 def test_lease_and_instance_documents(store, db):
@@ -272,7 +274,7 @@ def test_lease_and_instance_documents(store, db):
 @pytest.mark.parametrize("job, collection, prefix", [("backfill", "whatsapp_backfill_locks", "autoBackfillLease"),
                                                      ("recent_sync", "whatsapp_recent_sync_locks", "recentSyncLease")])
 def test_job_lock_documents(store, db, job, collection, prefix):
-    store.merge_account("acct1", {"status": "connected"}, NOW)
+    store.create_account("acct1", None, NOW)
     lease = store.acquire_lease("acct1", "i1", NOW, 15_000)
     store.acquire_job_lock(job, "acct1", "i1", NOW, 60_000, fence=Fence("i1", lease.epoch))
     store.acquire_job_lock(job, "acct1", "i1", NOW + 1000, 60_000)  # extended: startedAt stays
@@ -341,7 +343,7 @@ def test_from_settings_uses_the_emulator_without_leaving_the_variable_set(firest
                             "FIRESTORE_EMULATOR_HOST": firestore_emulator.host})
     store = FirestoreStore.from_settings(settings)
     assert "FIRESTORE_EMULATOR_HOST" not in os.environ
-    store.merge_account("acct1", {"status": "pairing"}, NOW)
+    store.create_account("acct1", None, NOW)
     assert store.get_account("acct1")["status"] == "pairing" and store.ping() is True
     store.close()
 

@@ -23,9 +23,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from wasync.http.app import create_app
 from wasync.runtime import bridge, config
 from wasync.runtime.config import ConfigError
-from wasync.runtime.control import AccountExists, Snapshot, StoreHealth, UnknownAccount
+from wasync.runtime.board import Snapshot, StoreHealth
+from wasync.runtime.control import AccountExists, UnknownAccount
 from wasync.runtime.metrics import Metrics
-from wasync.runtime.model import AccountState, AccountStatus
+from wasync.runtime.account import AccountState
+from wasync.runtime.model import AccountStatus
 from wasync.runtime.store.base import StoreError
 from wasync.runtime.store.sqlite import SqliteStore
 
@@ -62,12 +64,8 @@ class StoreControl:
 
     def add_account(self, account_id: str, phone: Optional[str]) -> dict:
         self._enter("add", account_id, phone)
-        if self.store.get_account(account_id) is not None:
+        if not self.store.create_account(account_id, phone, int(time.time() * 1000)):
             raise AccountExists(account_id)
-        fields = {"status": AccountStatus.PAIRING.value}
-        if phone:
-            fields["phone"] = phone
-        self.store.merge_account(account_id, fields, int(time.time() * 1000))
         return self.store.get_account(account_id)
 
     def remove_account(self, account_id: str) -> None:
@@ -321,7 +319,7 @@ def test_add_list_remove_accounts(control):
         data = await resp.json()
         assert data["success"] is True
         assert data["account"]["accountId"] == "sales-1" and data["account"]["phone"] == "15552223333"
-        assert data["account"]["status"] == "pairing"
+        assert data["account"]["status"] == "connecting"  # it has a phone: it resumes that session
         assert control.store.get_account("sales-1")["phone"] == "15552223333"
 
         resp = await client.get(ACCOUNTS, headers=AUTH)

@@ -16,14 +16,15 @@ from typing import Optional
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from store_fixtures import plant_account
 from wasync.http.app import create_app
 from wasync.runtime import config
-from wasync.runtime.accounts import account_fields
-from wasync.runtime.control import Snapshot, StoreHealth
+from wasync.runtime.account import AccountState
+from wasync.runtime.board import Snapshot, StoreHealth
 from wasync.runtime.metrics import Metrics
-from wasync.runtime.model import AccountState, AccountStatus
+from wasync.runtime.model import AccountStatus
 from wasync.runtime.store.base import StoreError
-from wasync.runtime.store.schema import iso, ms_to_dt
+from wasync.runtime.store.schema import iso, ms_to_dt, new_account_doc
 from wasync.runtime.store.sqlite import SqliteStore
 
 TOKEN = "s3cret-admin-token"
@@ -58,17 +59,11 @@ class StoreControl:
             self.gate.wait(30)
         if self.fail is not None:
             raise self.fail
-        live = {a.account_id: a for a in self.snap.accounts}
-        out = []
-        for doc in self.store.list_accounts():
-            state = live.get(doc["accountId"])
-            if state is not None:
-                doc = {**doc, "status": state.status.value, "connected": state.connected}
-            out.append(doc)
-        return out
+        return self.store.list_accounts()
 
     def add_doc(self, account_id: str, phone: Optional[str] = None, **fields) -> None:
-        self.store.merge_account(account_id, {**account_fields(account_id, phone), **fields}, NOW_MS - 3_600_000)
+        doc = new_account_doc(account_id, phone, ms_to_dt(NOW_MS - 3_600_000))
+        plant_account(self.store, {**doc, **fields})
 
 
 def snapshot(*accounts: AccountState) -> Snapshot:
@@ -199,7 +194,7 @@ def test_health_of_a_known_account_not_running_here(control):
     control.add_doc("elsewhere", "15550002222", status="needs_repair", needsRepair=True,
                     repairReason="logged_out")
     control.add_doc("stopped")
-    control.store.merge_account("bare", {"phone": "15550003333"}, NOW_MS)  # no status field at all
+    plant_account(control.store, {"accountId": "bare", "phone": "15550003333"})  # no status field at all
     control.snap = snapshot(state("running", AccountStatus.CONNECTED))
 
     data = get_json(control, health_path("elsewhere"))

@@ -1,99 +1,22 @@
-"""Spool, writer and account actor on real SQLite files and a real simulator process."""
+"""The ingest path inside the daemon's real system (build_system on a FakeClock): account
+actors replaying and quarantining spool rows against a real simulator, history dry run,
+counters that survive a replay, and the sweeper that leaves no row stranded."""
 from __future__ import annotations
 
 import sqlite3
-import threading
 
-import pykka
 import pytest
 
-from simproc import SimProcess, wait_for
-from store_fixtures import msg
-from wasync.actors.account import AccountActor
-from wasync.actors.writer import IngestBatch, StoreWriterActor, merge_account_fields
-from wasync.runtime.board import Board
-from wasync.runtime.clock import Clock
-from wasync.runtime.metrics import Metrics
-from wasync.runtime.model import thread_id
+from simproc import SimProcess
+from systemrig import SystemRig
+from wasync.runtime.account import AccountPatch, Repair
+from wasync.runtime.model import AccountStatus, thread_id
 from wasync.runtime.sim import protobufs as pb
 from wasync.runtime.sim.worldmodel import Chat, WorldMessage
-from wasync.runtime.spool import Spool
-from wasync.runtime.store.schema import Increment
-from wasync.runtime.store.sqlite import SqliteStore
 from wasync.runtime.transport.simulated import SimulatedTransport
 
 PHONE = "15550001111"
 ALICE = "15552223333@s.whatsapp.net"
-
-
-@pytest.fixture(autouse=True)
-def no_actor_left_behind():
-    yield
-    pykka.ActorRegistry.stop_all(timeout=20)
-
-
-class UnavailableTransport:
-    """A transport whose sessions can never start (a broken install, a missing library)."""
-
-    def __init__(self, reason: str):
-        self.reason = reason
-
-    def open(self, account_id, phone, sink):
-        raise RuntimeError(self.reason)
-
-
-def test_account_fields_merge_adds_counters():
-    into = {"historySyncCount": Increment(1), "status": "connecting"}
-    merge_account_fields(into, {"historySyncCount": Increment(2), "status": "connected"})
-    assert into == {"historySyncCount": Increment(3), "status": "connected"}
-
-
-# --- writer: a real store failure keeps everything ----------------------------------------
-
-
-def test_writer_keeps_rows_through_a_store_failure_and_flushes_after(tmp_path):
-    store = SqliteStore(tmp_path / "store.db", busy_timeout_ms=50)
-    spool = Spool(tmp_path / "spool.db")
-    board, metrics = Board("i1", "sqlite", Clock()), Metrics()
-    writer = StoreWriterActor.start(store, spool, board, metrics, Clock())
-    blocker = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
-    blocker.execute("BEGIN EXCLUSIVE")  # another process holds the file: every write fails
-    seq = spool.append("a1", "Message", b"raw")
-    writer.tell(IngestBatch("a1", seqs=[seq], messages=[msg(id="W1", account="a1")]))
-    wait_for(lambda: not board.snapshot().store.connected, what="store reported down")
-    assert spool.depth() == 1  # not done: the store never confirmed it
-    assert metrics.store_errors.labels(op="messages")._value.get() >= 1
-    blocker.execute("ROLLBACK")
-    wait_for(lambda: spool.depth() == 0, timeout_s=20, what="flush after the store came back")
-    assert board.snapshot().store.connected
-    assert store.get_message("a1", "15552223333@s.whatsapp.net", "W1")["id"] == "W1"
-    writer.stop()
-    store.close()
-
-
-# --- account actor ------------------------------------------------------------------------
-
-
-class Parts:
-    """One account's real surroundings: store, spool, board, metrics, writer, transport."""
-
-    def __init__(self, tmp_path, sim_port=None):
-        self.store = SqliteStore(tmp_path / "store.db")
-        self.spool = Spool(tmp_path / "spool.db")
-        self.board, self.metrics, self.clock = Board("i1", "sqlite", Clock()), Metrics(), Clock()
-        self.writer = StoreWriterActor.start(self.store, self.spool, self.board, self.metrics, self.clock)
-        self.transport = SimulatedTransport("127.0.0.1", sim_port, tmp_path / "sessions") if sim_port else None
-
-    def account(self, account_id, phone, *, dry_run=False, sessions=None, supervisor=None, slot=None):
-        return AccountActor.start(account_id, phone, sessions=sessions or self.transport, spool=self.spool,
-                                  writer=self.writer, board=self.board, metrics=self.metrics, clock=self.clock,
-                                  dry_run_history=dry_run, supervisor=supervisor, slot=slot)
-
-    def close(self):
-        pykka.ActorRegistry.stop_all(timeout=20)
-        if self.transport:
-            self.transport.close()
-        self.store.close()
 
 
 @pytest.fixture(scope="module")
@@ -105,61 +28,109 @@ def sim(tmp_path_factory):
     proc.stop()
 
 
-def test_account_replays_left_rows_first_and_quarantines_garbage(sim, tmp_path):
-    parts = Parts(tmp_path, sim.port)
-    store, spool, metrics = parts.store, parts.spool, parts.metrics
-    # what an earlier life left behind: one good live message, one unreadable event
-    left = WorldMessage(id="L1", from_me=False, ts=1763900100, type="text", text="from before the crash")
-    kind, raw = pb.wire(pb.message_event(PHONE, ALICE, left))
-    spool.append("a1", kind, raw)
-    bad = spool.append("a1", "Message", b"\xff\xfe not a protobuf")
-    actor = parts.account("a1", PHONE)
-    wait_for(lambda: store.get_message("a1", ALICE, "L1"), what="the replayed message")
-    wait_for(lambda: store.get_message("a1", ALICE, "H1"), what="history after the replay")
-    assert spool.quarantined("a1")[0][0] == bad
-    assert metrics.normalize_errors._value.get() == 1
-    wait_for(lambda: spool.depth() == 0, what="everything done")
-    state = actor.ask("state")
-    assert state.connected and state.real_messages >= 1
-    thread = store.get_thread(thread_id("a1", ALICE))
-    assert thread["lastMessagePreview"] == "from before the crash"
-    parts.close()
+@pytest.fixture
+def rigs(tmp_path):
+    made = []
+
+    def make(accounts=(), **kw):
+        made.append(SystemRig(tmp_path / "daemon", accounts, **kw))
+        return made[-1]
+
+    yield make
+    for rig in made:
+        rig.stop()
+        if isinstance(rig.transport, SimulatedTransport):
+            rig.transport.close()
 
 
-def test_history_dry_run_counts_and_writes_no_messages(sim, tmp_path):
-    # The history chunk is put in the spool directly, as if the transport had just taken it.
-    parts = Parts(tmp_path, sim.port)
-    store, spool = parts.store, parts.spool
-    history = pb.history_sync_event(PHONE, "RECENT", [(
+def live_message(msg_id: str, text: str, ts: int = 1763900100):
+    return pb.wire(pb.message_event(PHONE, ALICE, WorldMessage(id=msg_id, from_me=False, ts=ts, type="text",
+                                                               text=text)))
+
+
+def history_chunk(msg_id: str, text: str = "dry"):
+    return pb.wire(pb.history_sync_event(PHONE, "RECENT", [(
         Chat(jid=ALICE, name="Alice", group=False, auto_receipts=True, messages=()),
-        [WorldMessage(id="D1", from_me=False, ts=1763900000, type="text", text="dry")])])
-    kind, raw = pb.wire(history)
-    spool.append("a2", kind, raw)
-    parts.account("a2", None, dry_run=True)
-    wait_for(lambda: (store.get_account("a2") or {}).get("lastHistorySyncResult"), what="history result")
-    result = store.get_account("a2")["lastHistorySyncResult"]
+        [WorldMessage(id=msg_id, from_me=False, ts=1763900000, type="text", text=text)])]))
+
+
+def test_account_replays_left_rows_first_and_quarantines_garbage(sim, rigs, tmp_path):
+    rig = rigs([("a1", PHONE)], transport=SimulatedTransport("127.0.0.1", sim.port, tmp_path / "sessions"))
+    spool, store = rig.system.spool, rig.store
+    # what an earlier life left behind: one good live message, one unreadable event
+    spool.append("a1", *live_message("L1", "from before the crash"))
+    bad = spool.append("a1", "Message", b"\xff\xfe not a protobuf")
+    rig.start()
+    rig.until(lambda: store.get_message("a1", ALICE, "L1"), what="the replayed message")
+    rig.until(lambda: store.get_message("a1", ALICE, "H1"), what="history after the replay")
+    assert spool.quarantined("a1")[0][0] == bad
+    assert rig.metrics.normalize_errors._value.get() == 1
+    rig.until(lambda: spool.depth() == 0, what="everything done")
+    state = rig.until(lambda: (lambda s: s if s.connected else None)(rig.board.account("a1")), what="connected")
+    assert state.real_messages >= 1 and state.status is AccountStatus.CONNECTED
+    assert store.get_thread(thread_id("a1", ALICE))["lastMessagePreview"] == "from before the crash"
+
+
+def test_history_dry_run_counts_and_writes_no_messages(sim, rigs, tmp_path):
+    rig = rigs([("a2", None)], transport=SimulatedTransport("127.0.0.1", sim.port, tmp_path / "sessions"),
+               WHATSAPP_HISTORY_SYNC_DRY_RUN="true")
+    rig.system.spool.append("a2", *history_chunk("D1"))  # as if the transport had just taken it
+    rig.start()
+    rig.until(lambda: (rig.store.get_account("a2") or {}).get("lastHistorySyncResult"), what="history result")
+    result = rig.store.get_account("a2")["lastHistorySyncResult"]
     assert result == {"saved": 0, "skipped": 0, "errors": 0, "total": 1, "dryRun": True}
-    assert store.get_message("a2", ALICE, "D1") is None
-    parts.close()
+    assert rig.store.get_message("a2", ALICE, "D1") is None
 
 
-def test_a_session_that_cannot_start_is_reported_not_silent(tmp_path, caplog):
-    from wasync.actors.startgate import StartGate
-    from wasync.actors.supervisor import SupervisorActor
-
-    parts = Parts(tmp_path)
-    store, board = parts.store, parts.board
-    transport = UnavailableTransport("no transport in this build")
-
-    def make_child(account_id, phone, supervisor, slot, fresh_pairing=False):
-        return parts.account(account_id, phone, sessions=transport, supervisor=supervisor, slot=slot)
-
-    gate = StartGate(50.0, parts.clock)
-    supervisor = SupervisorActor.start(make_child, lambda: [{"accountId": "x1"}], board, parts.metrics, gate)
-    supervisor.tell("reconcile")
-    wait_for(lambda: (store.get_account("x1") or {}).get("lastRealtimeError"), what="the error in the account doc")
-    doc = store.get_account("x1")
+def test_a_session_that_cannot_start_is_reported_not_silent(rigs, caplog):
+    rig = rigs([("x1", None)])
+    rig.transport.failing.add("x1")
+    rig.start()
+    rig.advance(0.5)
+    doc = rig.store.get_account("x1")
     assert doc["status"] == "disconnected" and "no transport in this build" in doc["lastRealtimeError"]
-    assert board.account("x1").status.value == "disconnected"
-    wait_for(lambda: "[supervisor] accountId=x1 restart 1" in caplog.text, what="the supervisor heard of it")
-    parts.close()
+    assert rig.board.account("x1").status is AccountStatus.DISCONNECTED
+    assert "[supervisor] accountId=x1 restart 1" in caplog.text
+
+
+def test_a_replayed_history_chunk_is_counted_once(rigs, tmp_path):
+    """A crash between the store's commit and spool.done(): the row is replayed on the
+    next start, and historySyncCount must not count it twice."""
+    rig = rigs([("a1", PHONE)])
+    seq = rig.system.spool.append("a1", *history_chunk("R1", "replayed"))
+    spool_path = rig.system.spool.path
+    copy = sqlite3.connect(spool_path).execute("SELECT * FROM events WHERE seq = ?", (seq,)).fetchone()
+    rig.start()
+    rig.until(lambda: rig.system.spool.depth() == 0, what="the chunk stored")
+    assert rig.store.get_account("a1")["historySyncCount"] == 1
+    rig.stop()
+    with sqlite3.connect(spool_path) as conn:  # as if done() had never run
+        conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)", copy)
+    again = rigs()
+    again.start()
+    again.until(lambda: again.system.spool.depth() == 0, what="the replay stored")
+    doc = again.store.get_account("a1")
+    assert doc["historySyncCount"] == 1 and again.store.get_message("a1", ALICE, "R1")["body"] == "replayed"
+    # a new chunk, arriving through the session, still counts
+    again.transport.sessions["a1"].sink(*history_chunk("R2"))
+    again.until(lambda: again.store.get_account("a1")["historySyncCount"] == 2, what="the next chunk counted")
+
+
+def test_rows_of_accounts_no_actor_reads_are_swept_not_stranded(rigs):
+    rig = rigs([("kept", PHONE), ("held", "15550002222")])
+    rig.store.update_account("held", AccountPatch(status=AccountStatus.NEEDS_REPAIR, repair=Repair(True, "x", 1)), 1)
+    spool = rig.system.spool
+    spool.append("gone", *live_message("G1", "for an account removed since"))  # left by an earlier run
+    spool.append("held", *live_message("H1", "held for repair"))
+    spool.append("gone", "Disconnected", pb.wire(pb.disconnected_event())[1])
+    rig.start()
+    rig.advance(2.5)  # one sweep
+    assert spool.depth() == 0
+    assert rig.store.get_message("gone", ALICE, "G1")["body"] == "for an account removed since"
+    assert rig.store.get_message("held", ALICE, "H1") is not None
+    assert rig.store.get_account("gone") is None  # its realtime facts did not bring it back
+    assert rig.metrics.swept._value.get() == 3
+    # A removed account's last Disconnected (appended as its session stops) is swept too.
+    rig.control.remove_account("kept")
+    rig.advance(2.5)
+    assert spool.depth() == 0 and "kept" not in rig.running()

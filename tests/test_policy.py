@@ -7,7 +7,8 @@ import pytest
 
 from wasync.runtime.backoff import Backoff, unit
 from wasync.actors.policy.escalation import REPAIR, RESTART, escalation_window_ms, on_degraded, recovered
-from wasync.actors.policy.health import HealthFacts, Verdict, human_ms, protocol_streak, verdict
+from wasync.actors.policy.health import Verdict, human_ms, protocol_streak, verdict
+from wasync.runtime.account import AccountFacts, Link
 from wasync.actors.policy.intensity import RestartLog, check_restart
 from wasync.actors.policy.pacing import StartPacer, gap_ms, max_in_any_window, schedule_starts
 from wasync.runtime.model import AccountStatus as S
@@ -177,10 +178,14 @@ T0 = 1_700_000_000_000
 DEG = 5 * MIN
 
 
-def F(**kw) -> HealthFacts:
-    base = dict(now_ms=T0 + 60 * MIN, degraded_after_ms=DEG)
-    base.update(kw)
-    return HealthFacts(**base)
+def F(now_ms=T0 + 60 * MIN, degraded_after_ms=DEG, connected=False, connecting=False, pairing=False,
+      last_real_ms=None, last_protocol_ms=None, protocol_streak_count=0, **kw) -> tuple[AccountFacts, int, int]:
+    """(facts, now, threshold): the arguments of verdict()."""
+    link = (Link.PAIRING if pairing else Link.CONNECTED if connected else Link.CONNECTING if connecting
+            else Link.DISCONNECTED)
+    facts = AccountFacts("a1", link=link, last_real_message_ms=last_real_ms, last_protocol_message_ms=last_protocol_ms,
+                         protocol_streak_beats=protocol_streak_count, **kw)
+    return facts, now_ms, degraded_after_ms
 
 
 C = dict(connected=True, connected_since_ms=T0)
@@ -198,11 +203,8 @@ HEALTH_TABLE = [
     ("pairing", F(pairing=True, connecting=True), S.PAIRING, False, None, "QR"),
     ("logged_out", F(logged_out_reason="main device removed", **C), S.LOGGED_OUT, False, "logged_out",
      "logged out (main device removed)"),
-    ("logged_out_beats_repair", F(logged_out_reason="banned", needs_repair=True), S.LOGGED_OUT, False, "logged_out",
+    ("logged_out_beats_pairing", F(logged_out_reason="banned", pairing=True), S.LOGGED_OUT, False, "logged_out",
      "will not be restarted"),
-    ("needs_repair", F(needs_repair=True, repair_reason="6 restarts in 10 min", **C), S.NEEDS_REPAIR, False,
-     "needs_repair", "6 restarts in 10 min"),
-    ("needs_repair_no_reason", F(needs_repair=True), S.NEEDS_REPAIR, False, "needs_repair", "needs repair"),
     ("quiet_is_healthy", F(**C), S.CONNECTED, False, None, None),
     ("quiet_after_real", F(last_real_ms=T0 + MIN, **C), S.CONNECTED, False, None, None),
     ("protocol_before_real", F(last_real_ms=NOW - 30 * MIN, last_protocol_ms=NOW - 40 * MIN, **C), S.CONNECTED,
@@ -245,7 +247,7 @@ HEALTH_TABLE = [
 @pytest.mark.parametrize("facts, status, degraded, reason, warning", [r[1:] for r in HEALTH_TABLE],
                          ids=[r[0] for r in HEALTH_TABLE])
 def test_health_verdict(facts, status, degraded, reason, warning):
-    v = verdict(facts)
+    v = verdict(*facts)
     assert isinstance(v, Verdict)
     assert (v.status, v.is_degraded, v.reason) == (status, degraded, reason)
     assert v.is_degraded == (v.status is S.DEGRADED)
@@ -263,15 +265,15 @@ def test_human_ms(ms, text):
 
 def test_health_facts_are_immutable():
     with pytest.raises(Exception):
-        F().connected = True  # type: ignore[misc]
+        F()[0].link = Link.CONNECTED  # type: ignore[misc]
 
 
-HALF = DEG // 2
+HALF = DEG // 4  # the beat spacing
 STREAK_TABLE = [
     # id, (start, beats, last beat, last message), now, expected (start, beats, last beat)
     ("first_message", (None, 0, None, None), T0, (T0, 1, T0)),
-    ("a_beat_half_a_threshold_after_the_last", (T0, 2, T0, T0 + 1000), T0 + HALF, (T0, 3, T0 + HALF)),
-    ("closer_than_half_adds_no_beat", (T0, 2, T0, T0 + 1000), T0 + HALF - 1, (T0, 2, T0)),
+    ("a_beat_a_quarter_of_a_threshold_after_the_last", (T0, 2, T0, T0 + 1000), T0 + HALF, (T0, 3, T0 + HALF)),
+    ("closer_adds_no_beat", (T0, 2, T0, T0 + 1000), T0 + HALF - 1, (T0, 2, T0)),
     ("continues_just_under_the_threshold", (T0, 2, T0 + 1000, T0 + 1000), T0 + 1000 + DEG - 1,
      (T0, 3, T0 + 1000 + DEG - 1)),
     ("a_pause_of_the_threshold_restarts", (T0, 5, T0, T0 + 1000), T0 + 1000 + DEG,
@@ -297,8 +299,8 @@ def first_degraded_ms(arrivals_ms, threshold_ms, probe_every_ms=2_000, until_ms=
         if is_message:
             start, beats, beat = protocol_streak(start, beats, beat, last, T0 + t, threshold_ms)
             last = T0 + t
-        v = verdict(F(now_ms=T0 + t, connected=True, connected_since_ms=T0, degraded_after_ms=threshold_ms,
-                      protocol_streak_start_ms=start, protocol_streak_count=beats, last_protocol_ms=last))
+        v = verdict(*F(now_ms=T0 + t, connected=True, connected_since_ms=T0, degraded_after_ms=threshold_ms,
+                       protocol_streak_start_ms=start, protocol_streak_count=beats, last_protocol_ms=last))
         if v.is_degraded:
             return t
     return None
@@ -316,13 +318,15 @@ JITTER_TABLE = [
      [0, 2_000, 4_004] + every(2_000, 60_000, 6_000), T4, 4_004),
     ("slightly_over_half_the_threshold", every(T4 // 2 + 4, 60_000), T4, 4_008),
     ("jittered_between_a_quarter_and_almost_the_threshold",
-     [0, 1_000, 4_900, 6_100, 9_999, 11_000, 14_500], T4, 9_999),
+     [0, 1_000, 4_900, 6_100, 9_999, 11_000, 14_500], T4, 4_900),
     ("just_under_the_threshold", every(T4 - 1, 60_000), T4, 2 * (T4 - 1)),
     ("exactly_the_threshold_apart_is_quiet", every(T4, 60_000), T4, None),
     ("odd_key_share_every_two_thresholds", every(2 * T4, 120_000), T4, None),
     ("burst_at_connect_then_quiet", every(50, 1_500), T4, None),
-    ("burst_at_connect_one_more_within_a_threshold", every(50, 1_500) + [5_000], T4, None),
-    ("burst_at_connect_then_a_steady_trickle", every(50, 1_500) + every(3_000, 60_000, 4_000), T4, 7_000),
+    ("burst_at_connect_one_more_within_a_threshold", every(50, 900) + [4_500], T4, None),
+    ("burst_at_connect_then_a_steady_trickle", every(50, 900) + every(3_000, 60_000, 4_000), T4, 7_000),
+    ("a_quarter_of_the_threshold_apart", every(T4 // 4, 60_000), T4, T4),
+    ("a_third_of_a_6s_threshold_with_jitter", [0, 1_999, 3_998, 6_001, 7_990], 6_000, 6_001),
     ("default_threshold_key_shares_hourly", every(60 * MIN, 5 * 60 * MIN), DEG, None),
     ("default_threshold_protocol_every_2s", every(2_000, 10 * MIN), DEG, DEG),
 ]
@@ -386,4 +390,5 @@ RECOVERED_TABLE = [
 
 @pytest.mark.parametrize("facts, expected", [r[1:] for r in RECOVERED_TABLE], ids=[r[0] for r in RECOVERED_TABLE])
 def test_recovered(facts, expected):
-    assert recovered(facts, verdict(facts)) is expected
+    f, now, threshold = facts
+    assert recovered(f, verdict(f, now, threshold), now, threshold) is expected

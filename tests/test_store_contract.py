@@ -6,7 +6,9 @@ import pytest
 from store_fixtures import T0, edit, msg, out, receipt, revoke
 from wasync.runtime.model import MessageStatus, MessageType, ReceiptKind, SyncSource, ThreadUpdate, thread_id
 from wasync.runtime.store.base import DryRunStore, Fence, OutboxItem, StaleFence
-from wasync.runtime.store.schema import SERVER_TIME, BadCursor, Increment
+from wasync.runtime.account import AccountPatch, AccountRecord, HistorySyncResult, HistorySyncUpdate, Repair
+from wasync.runtime.model import AccountStatus
+from wasync.runtime.store.schema import BadCursor, to_api
 
 NOW = T0 + 60_000
 CHAT = "15552223333@s.whatsapp.net"
@@ -178,28 +180,70 @@ def test_list_messages_pages_newest_first(store):
 # --- accounts -----------------------------------------------------------------------
 
 
-def test_accounts_merge_increment_and_delete(store):
-    store.merge_account("acct1", {"status": "connecting", "historySyncCount": Increment(1)}, NOW)
-    store.merge_account("acct1", {"status": "connected", "historySyncCount": Increment(2),
-                                  "lastHistorySyncAt": SERVER_TIME,
-                                  "lastHistorySyncResult": {"saved": 3, "skipped": 0, "errors": 0,
-                                                            "total": 3, "dryRun": False}}, NOW)
+def history(seqs, saved=3, spool="spool-a", at=NOW):
+    return HistorySyncUpdate(at, HistorySyncResult(saved, 0, 0, saved, False), spool, tuple(seqs))
+
+
+def test_accounts_create_update_list_and_delete(store):
+    assert store.create_account("acct1", None, NOW) is True
+    assert store.create_account("acct1", "15550001111", NOW) is False  # exists: untouched
+    doc = store.get_account("acct1")
+    assert doc["status"] == "pairing" and doc["enabled"] is True and "phone" not in doc and doc["createdAt"]
+    store.update_account("acct1", AccountPatch(status=AccountStatus.CONNECTING, history=history([7])), NOW)
+    store.update_account("acct1", AccountPatch(status=AccountStatus.CONNECTED, phone="15550001111", jid="1@s",
+                                               history=history([8, 9])), NOW + 1000)
     doc = store.get_account("acct1")
     assert doc["status"] == "connected" and doc["historySyncCount"] == 3
-    assert doc["lastHistorySyncResult"]["saved"] == 3 and doc["lastHistorySyncAt"]
-    assert doc["accountId"] == "acct1" and doc["updatedAt"]
+    assert doc["lastHistorySyncResult"] == {"saved": 3, "skipped": 0, "errors": 0, "total": 3, "dryRun": False}
+    assert doc["lastHistorySyncAt"] and doc["accountId"] == "acct1" and doc["updatedAt"]
+    assert doc["phone"] == "15550001111" and doc["jid"] == "1@s"
     assert [a["accountId"] for a in store.list_accounts()] == ["acct1"]
     assert store.delete_account("acct1") is True
     assert store.get_account("acct1") is None and store.delete_account("acct1") is False
 
 
+def test_history_chunks_are_counted_once_however_often_they_are_replayed(store):
+    store.create_account("acct1", None, NOW)
+    store.update_account("acct1", AccountPatch(history=history([10, 11])), NOW)
+    store.update_account("acct1", AccountPatch(history=history([10, 11, 12])), NOW)  # a replay, and one new
+    store.update_account("acct1", AccountPatch(history=history([11])), NOW)  # a late duplicate
+    store.update_account("acct1", AccountPatch(history=history([3], spool="spool-b")), NOW)  # another journal
+    store.update_account("acct1", AccountPatch(history=history([], saved=9)), NOW)  # a result, no chunk
+    doc = store.get_account("acct1")
+    assert doc["historySyncCount"] == 4 and doc["lastHistorySyncResult"]["saved"] == 9
+
+
+def test_an_update_never_brings_back_a_removed_account(store):
+    assert store.update_account("gone", AccountPatch(realtime_ingest_ms=NOW), NOW) is False
+    assert store.update_account("gone", AccountPatch(history=history([1])), NOW) is False
+    assert store.get_account("gone") is None and store.list_accounts() == []
+
+
+def test_repair_flag_set_and_cleared(store):
+    store.create_account("acct1", "15550001111", NOW)
+    store.update_account("acct1", AccountPatch(status=AccountStatus.NEEDS_REPAIR,
+                                               repair=Repair(True, "logged out (LOGGED_OUT)", NOW)), NOW)
+    doc = store.get_account("acct1")
+    assert doc["needsRepair"] is True and doc["repairReason"] == "logged out (LOGGED_OUT)"
+    assert doc["repairRequestedAt"] and doc["status"] == "needs_repair"
+    assert store.list_account_records() == [AccountRecord(
+        "acct1", enabled=True, phone="15550001111", status=AccountStatus.NEEDS_REPAIR,
+        repair=Repair(True, "logged out (LOGGED_OUT)", NOW))]
+    store.update_account("acct1", AccountPatch(repair=Repair(False)), NOW)
+    doc = store.get_account("acct1")
+    assert doc["needsRepair"] is False and doc["repairReason"] is None and doc["repairRequestedAt"] is None
+    assert store.list_account_records()[0].repair == Repair(False)
+
+
 def test_fenced_account_write_rejects_stale_epoch(store):
+    store.create_account("acct1", None, NOW)
     first = store.acquire_lease("acct1", "i1", NOW, 1000)
-    store.merge_account("acct1", {"status": "connected"}, NOW, fence=Fence("i1", first.epoch))
+    store.update_account("acct1", AccountPatch(status=AccountStatus.CONNECTED), NOW, fence=Fence("i1", first.epoch))
     second = store.acquire_lease("acct1", "i2", NOW + 2000, 1000)
     with pytest.raises(StaleFence):
-        store.merge_account("acct1", {"status": "disconnected"}, NOW, fence=Fence("i1", first.epoch))
-    store.merge_account("acct1", {"status": "connected"}, NOW, fence=Fence("i2", second.epoch))
+        store.update_account("acct1", AccountPatch(status=AccountStatus.DISCONNECTED), NOW,
+                             fence=Fence("i1", first.epoch))
+    store.update_account("acct1", AccountPatch(status=AccountStatus.CONNECTED), NOW, fence=Fence("i2", second.epoch))
     assert store.get_account("acct1")["status"] == "connected"
 
 
@@ -320,14 +364,13 @@ def test_releasing_a_lock_does_not_bring_back_a_deleted_account(store):
     assert store.get_account("gone") is None
 
 
-def test_nested_results_come_back_json_safe(store):
+def test_nested_results_come_back_json_safe():
     from datetime import datetime, timezone
 
     at = datetime(2025, 11, 23, 12, 0, tzinfo=timezone.utc)
-    store.merge_account("acct1", {"lastBackfillResult": {"threads": 1, "threadResults": [
-        {"threadId": TID, "messages": 3, "at": at}]}}, NOW)
-    result = store.get_account("acct1")["lastBackfillResult"]
-    assert result["threadResults"] == [{"threadId": TID, "messages": 3, "at": "2025-11-23T12:00:00.000Z"}]
+    doc = to_api({"lastBackfillResult": {"threads": 1, "threadResults": [{"threadId": TID, "messages": 3, "at": at}]}})
+    assert doc["lastBackfillResult"]["threadResults"] == [{"threadId": TID, "messages": 3,
+                                                          "at": "2025-11-23T12:00:00.000Z"}]
 
 
 def test_cursor_with_a_non_integer_sort_value_is_refused(store):

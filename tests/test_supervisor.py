@@ -1,142 +1,180 @@
-"""SupervisorActor with real actors, a real SQLite store, spool and writer, and a transport
-whose sessions cannot start (the one failure that needs no WhatsApp at all). Backoff is
-shortened so the intensity limit is reached in well under a second; the end-to-end tests
-(test_e2e_supervision.py) run the default timings against the simulator.
-"""
+"""SupervisorActor inside the daemon's real system (build_system), driven on a FakeClock:
+restarts, intensity, repair holds, liveness, and that it never waits for anybody.
+The end-to-end tests (test_e2e_supervision.py) run the same rules against the simulator
+in real time."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
-import pykka
 import pytest
 
 from simproc import wait_for
-from wasync.actors.account import AccountActor
-from wasync.actors.messages import ChildFailed
-from wasync.runtime.backoff import Backoff
-from wasync.actors.startgate import StartGate
-from wasync.actors.supervisor import SupervisionPolicy, SupervisorActor
-from wasync.actors.writer import IngestBatch, StoreWriterActor
-from wasync.runtime.alerts import Alerts
-from wasync.runtime.board import Board
-from wasync.runtime.clock import Clock
-from wasync.runtime.metrics import Metrics
+from systemrig import SystemRig
+from wasync.actors.supervisor_protocol import ChildFailed
+from wasync.runtime.account import AccountPatch, Repair
 from wasync.runtime.model import AccountStatus
-from wasync.runtime.spool import Spool
-from wasync.runtime.store.sqlite import SqliteStore
-
-FAST = SupervisionPolicy(backoff=Backoff(initial_ms=20, max_ms=100))
-
-
-class BrokenTransport:
-    def __init__(self):
-        self.opened = 0
-        self.forgotten = []
-
-    def forget(self, account_id):
-        self.forgotten.append(account_id)
-
-    def open(self, account_id, phone, sink):
-        self.opened += 1
-        raise RuntimeError("no transport in this build")
-
-
-class Rig:
-    def __init__(self, tmp_path, accounts, policy=FAST):
-        self.clock = Clock()
-        self.store = SqliteStore(tmp_path / "store.db")
-        for doc in accounts:
-            self.store.merge_account(doc["accountId"], doc, self.clock.wall_ms())
-        self.spool = Spool(tmp_path / "spool.db")
-        self.board, self.metrics = Board("i1", "sqlite", self.clock), Metrics()
-        self.alerts = Alerts("i1", None, clock=self.clock)
-        self.writer = StoreWriterActor.start(self.store, self.spool, self.board, self.metrics, self.clock)
-        self.transport = BrokenTransport()
-
-        def make_child(account_id, phone, supervisor, slot, fresh_pairing=False):
-            return AccountActor.start(account_id, phone, sessions=self.transport, spool=self.spool,
-                                      writer=self.writer, board=self.board, metrics=self.metrics, clock=self.clock,
-                                      dry_run_history=False, supervisor=supervisor, slot=slot,
-                                      fresh_pairing=fresh_pairing)
-
-        def write_fields(account_id, fields):
-            self.writer.tell(IngestBatch(account_id, account_fields=dict(fields)))
-
-        self.supervisor = SupervisorActor.start(
-            make_child, self.store.list_accounts, self.board, self.metrics, StartGate(100, self.clock),
-            clock=self.clock, alerts=self.alerts, write_fields=write_fields, policy=policy)
-
-    def close(self):
-        self.supervisor.stop(timeout=20)
-        pykka.ActorRegistry.stop_all(timeout=20)
-        self.alerts.close(1)
-        self.store.close()
-        self.spool.close()
+from wasync.runtime.sim import protobufs as pb
 
 
 @pytest.fixture
 def rig_factory(tmp_path):
     made = []
 
-    def make(accounts, **kw):
-        made.append(Rig(tmp_path, accounts, **kw))
+    def make(accounts, **env):
+        made.append(SystemRig(tmp_path / f"rig{len(made)}", accounts, **env).start())
         return made[-1]
 
     yield make
     for rig in made:
-        rig.close()
+        rig.stop()
+
+
+def status(rig, account_id):
+    state = rig.board.account(account_id)
+    return state.status if state else None
 
 
 def test_restarts_stop_at_the_intensity_limit_and_the_account_needs_repair(rig_factory, caplog):
     caplog.set_level(logging.INFO)
-    rig = rig_factory([{"accountId": "a1", "enabled": True}])
-    rig.supervisor.tell("reconcile")
-    state = wait_for(lambda: (lambda s: s if s and s.status is AccountStatus.NEEDS_REPAIR else None)(
-        rig.board.account("a1")), 10, "needs_repair after the restarts ran out")
-    assert rig.transport.opened == 6  # the first start and 5 restarts; the 6th restart is refused
-    assert state.needs_repair and "6 restarts in 10 min (limit 5)" in state.repair_reason
-    assert "no transport in this build" in state.repair_reason and state.restarts == 5
-    assert set(rig.alerts.open_incidents()) == {"a1"}
-    doc = wait_for(lambda: (lambda d: d if d.get("needsRepair") else None)(rig.store.get_account("a1")), 10,
-                   "needsRepair in the store")
-    assert doc["status"] == "needs_repair" and doc["repairRequestedAt"] and "6 restarts" in doc["repairReason"]
-    assert rig.metrics.restarts.labels(reason="failure")._value.get() == 5
+    rig = rig_factory([("a1", None)])
+    rig.transport.failing.add("a1")
+    rig.advance(0.5)
+    assert rig.transport.opened["a1"] == 1
+    rig.advance(1.0)  # the first restart waits 2 s ±20 % on the fake clock: not yet at 1.5 s
+    assert rig.transport.opened["a1"] == 1
+    rig.advance(1.0)
+    assert rig.transport.opened["a1"] == 2
+    # Then 4, 8, 16, 32 s (each ±20 %): the 6th start fails and the 6th restart is refused.
+    rig.advance(120)
+    assert rig.transport.opened["a1"] == 6
+    state = rig.board.account("a1")
+    assert state.status is AccountStatus.NEEDS_REPAIR and state.needs_repair
+    assert "6 restarts in 10 min (limit 5)" in state.repair_reason and "no transport in this build" in state.repair_reason
+    assert state.restarts == 5 and set(rig.system.alerts.open_incidents()) == {"a1"}
+    rig.advance(1)
+    doc = rig.store.get_account("a1")
+    assert doc["status"] == "needs_repair" and doc["needsRepair"] is True and "6 restarts" in doc["repairReason"]
+    assert rig.restarts("start_failed") + rig.restarts("failure") == 5
     assert "[supervisor] accountId=a1 needs re-pair" in caplog.text
-    # Given up means given up: nothing starts it again on later ticks.
-    rig.supervisor.tell("reconcile")
-    assert rig.supervisor.ask("children") == []
-    assert rig.transport.opened == 6
+    rig.advance(600)  # given up means given up
+    assert rig.transport.opened["a1"] == 6 and rig.running() == ()
 
 
-def test_an_operator_restart_gives_a_fresh_budget(rig_factory):
-    rig = rig_factory([{"accountId": "a1"}])
-    rig.supervisor.tell("reconcile")
-    wait_for(lambda: rig.alerts.open_incidents(), 10, "the first give-up")
-    rig.supervisor.tell(("restart", "a1"))
-    wait_for(lambda: rig.transport.opened == 12, 10, "six more starts after the operator's restart")
+def test_an_operator_restart_gives_a_fresh_budget_and_pairs_afresh(rig_factory):
+    rig = rig_factory([("a1", None)])
+    rig.transport.failing.add("a1")
+    rig.advance(120)
+    assert status(rig, "a1") is AccountStatus.NEEDS_REPAIR and rig.transport.opened["a1"] == 6
+    rig.control.regenerate_qr("a1")
+    rig.advance(120)
+    assert rig.transport.opened["a1"] == 12
     assert rig.transport.forgotten == ["a1"] * 6  # every start pairs afresh until a pairing succeeds
-    wait_for(lambda: rig.board.account("a1").status is AccountStatus.NEEDS_REPAIR, 10, "given up again")
+    assert status(rig, "a1") is AccountStatus.NEEDS_REPAIR
 
 
-def test_an_account_the_store_marks_for_repair_is_not_started(rig_factory):
-    rig = rig_factory([{"accountId": "a1", "needsRepair": True, "repairReason": "logged out (LOGGED_OUT)",
-                        "status": "logged_out"}, {"accountId": "a2", "enabled": False}])
-    rig.supervisor.tell("reconcile")
-    state = wait_for(lambda: rig.board.account("a1"), 5, "a1 on the board")
-    assert state.status is AccountStatus.LOGGED_OUT and state.needs_repair
-    assert "pair it again" in state.warning
-    assert rig.supervisor.ask("children") == [] and rig.transport.opened == 0
-    assert set(rig.alerts.open_incidents()) == {"a1"}  # opened silently: no second alert
-    assert rig.board.account("a2") is None
+def test_an_account_the_store_marks_for_repair_is_not_started(tmp_path):
+    rig = SystemRig(tmp_path, [("a1", "15550001111"), ("a2", None)])
+    rig.store.update_account("a1", AccountPatch(status=AccountStatus.LOGGED_OUT,
+                                                repair=Repair(True, "logged out (LOGGED_OUT)", 1)), 1)
+    rig.store.update_account("a2", AccountPatch(status=AccountStatus.CONNECTING), 1)
+    with rig.store._write() as conn:  # a2 disabled by an operator
+        conn.execute("UPDATE accounts SET doc = json_set(doc, '$.enabled', json('false')) WHERE account_id = 'a2'")
+    try:
+        rig.start()
+        rig.advance(2)
+        state = rig.board.account("a1")
+        assert state.status is AccountStatus.LOGGED_OUT and state.needs_repair and "pair it again" in state.warning
+        assert rig.running() == () and rig.transport.opened == {}
+        assert set(rig.system.alerts.open_incidents()) == {"a1"}  # opened silently: no second alert
+        assert rig.board.account("a2") is None
+    finally:
+        rig.stop()
 
 
 def test_reports_from_a_replaced_actor_are_ignored(rig_factory):
-    rig = rig_factory([{"accountId": "a1"}], policy=SupervisionPolicy(backoff=Backoff(initial_ms=60_000,
-                                                                                         max_ms=60_000)))
-    rig.supervisor.tell("reconcile")
-    wait_for(lambda: rig.metrics.restarts.labels(reason="failure")._value.get() == 1, 5, "the first restart")
-    rig.supervisor.tell(ChildFailed("a1", "stale news", urn="urn:uuid:someone-else"))
-    rig.supervisor.tell(ChildFailed("nobody", "unknown account"))
-    rig.supervisor.ask("children")  # processed after the two tells
-    assert rig.metrics.restarts.labels(reason="failure")._value.get() == 1
-    assert rig.board.account("a1").restarts == 1
+    rig = rig_factory([("a1", None)])
+    rig.advance(0.5)
+    assert rig.running() == ("a1",)
+    rig.supervisor.tell(ChildFailed("a1", 99, "stale news from an old actor"))
+    rig.supervisor.tell(ChildFailed("nobody", 1, "unknown account"))
+    rig.settle()
+    assert rig.restarts("failure") == 0 and rig.running() == ("a1",)
+
+
+def test_a_deaf_session_is_shown_degraded_then_restarted(rig_factory):
+    rig = rig_factory([("a1", "15550001111")], WHATSAPP_DEGRADED_AFTER_MS="6000")
+    rig.transport.connect_on_start.add("a1")
+    rig.advance(0.5)
+    assert status(rig, "a1") is AccountStatus.CONNECTED
+    session = rig.transport.sessions["a1"]
+    seen = []
+    for n in range(8):  # a key share every 2 s, nothing real
+        session.emit(pb.app_state_key_share_event("15550001111", f"P{n}", rig.clock.wall_ms()))
+        rig.settle()
+        seen.append((n * 2, status(rig, "a1"), rig.transport.opened["a1"]))
+        if rig.transport.opened["a1"] == 2:
+            break
+        rig.advance(2.0)
+    states = [s for _, s, _ in seen]
+    assert AccountStatus.DEGRADED in states, seen
+    first_degraded = next(t for t, s, _ in seen if s is AccountStatus.DEGRADED)
+    assert first_degraded == 6, seen  # at the threshold exactly
+    assert seen[-1][2] == 2 and rig.restarts("degraded") == 1, seen  # restarted at the next report
+
+
+def test_a_hung_actor_is_replaced_after_its_session_is_killed(rig_factory):
+    rig = rig_factory([("a1", "15550001111")], WASYNC_HUNG_AFTER_MS="4000", WASYNC_DEBUG_FAULTS="true")
+    rig.advance(0.5)
+    first = rig.transport.sessions["a1"]
+    rig.control.inject_fault("a1", "block")
+    rig.advance(8)  # probes every 2 s; unanswered for 4 s: replaced
+    assert rig.metrics.hung_actors._value.get() == 1
+    wait_for(lambda: first.stopped.is_set(), 5, "the hung actor's session stopped from outside")
+    rig.advance(4)  # the restart backoff (2 s ±20 %), after the old session is gone
+    assert rig.transport.opened["a1"] == 2 and rig.running() == ("a1",)
+
+
+def test_pairing_by_code_runs_off_the_actor_so_probes_are_answered(rig_factory):
+    rig = rig_factory([("a1", None)], WASYNC_HUNG_AFTER_MS="4000")
+    rig.advance(0.5)
+    rig.transport.slow_pairing = threading.Event()
+    answer = {}
+    asker = threading.Thread(target=lambda: answer.setdefault("code", rig.control.pair_phone("a1", "15550001111")))
+    asker.start()
+    rig.advance(20)  # five liveness rounds while the pairing call hangs
+    assert rig.metrics.hung_actors._value.get() == 0 and rig.transport.opened["a1"] == 1
+    rig.transport.slow_pairing.set()
+    asker.join(10)
+    assert answer == {"code": "ABCD1234"}
+
+
+def test_the_supervisor_never_waits_for_children_that_take_20_s_to_stop(rig_factory):
+    slow = [f"s{n:02d}" for n in range(50)]
+    rig = rig_factory([(a, f"1555000{n:04d}") for n, a in enumerate(slow)] + [("crash", "15559999999")],
+                      WASYNC_DEBUG_FAULTS="true")
+    for account_id in slow:
+        rig.transport.slow_stop[account_id] = threading.Event()
+    rig.advance(1)
+    assert len(rig.running()) == 51
+    for account_id in slow:  # 50 accounts removed: 50 children stopping, each for 20 s
+        rig.control.remove_account(account_id)
+    rig.settle()
+    assert rig.running() == ("crash",)
+    took = []
+    for _ in range(20):
+        started = time.monotonic()
+        rig.running()
+        took.append(time.monotonic() - started)
+    print(f"supervisor answers while 50 children stop: max {max(took) * 1000:.1f} ms over {len(took)} asks")
+    assert max(took) < 0.1
+    # A crashed sibling is restarted on time: backoff 2 s ±20 %.
+    rig.control.inject_fault("crash", "raise")
+    rig.settle()
+    assert rig.restarts("failure") == 1
+    rig.advance(1.5)
+    assert rig.transport.opened["crash"] == 1
+    rig.advance(1.0)
+    assert rig.transport.opened["crash"] == 2 and "crash" in rig.running()
+    assert all(not rig.transport.sessions[a].stopped.is_set() for a in slow)  # still stopping: nobody waited

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from wasync.actors.policy.health import HealthFacts, Verdict
+from wasync.actors.policy.health import Verdict
+from wasync.runtime.account import AccountFacts
 from wasync.runtime.model import AccountStatus
 
 MIN_ESCALATION_WINDOW_MS = 10 * 60_000
@@ -43,10 +44,11 @@ def on_degraded(now_ms: int, last_degraded_restart_ms: Optional[int], last_real_
     return REPAIR
 
 
-def recovered(facts: HealthFacts, v: Verdict) -> bool:
+def recovered(facts: AccountFacts, v: Verdict, now_ms: int, degraded_after_ms: int) -> bool:
     """Connected, not degraded, and proven since it connected."""
-    if v.status is not AccountStatus.CONNECTED or facts.connected_since_ms is None:
+    since = facts.connected_since_ms
+    if v.status is not AccountStatus.CONNECTED or since is None:
         return False
-    if facts.last_real_ms is not None and facts.last_real_ms >= facts.connected_since_ms:
+    if facts.last_real_message_ms is not None and facts.last_real_message_ms >= since:
         return True
-    return facts.now_ms - facts.connected_since_ms >= facts.degraded_after_ms
+    return now_ms - since >= degraded_after_ms

@@ -11,7 +11,8 @@ just the absence of real messages, which is all the old backend looked at. Repea
 keepalive timeouts and bursts of undecryptable messages (broken Signal sessions) are the
 other two signs of a session that needs a restart.
 
-Pure: all facts, including `now_ms`, are passed in; the `warning` is for humans on the
+Pure: the facts (what the account's actor observed) and `now_ms` are passed in; the
+`warning` is for humans on the
 health endpoint, the `reason` is a stable tag for code, alerts and metrics.
 """
 from __future__ import annotations
@@ -19,31 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from wasync.runtime.account import AccountFacts, Link
 from wasync.runtime.model import AccountStatus
 
 KEEPALIVE_TIMEOUTS_DEGRADED = 3  # in a row
 UNDECRYPTABLE_DEGRADED = 10  # in the transport's recent window
 DEFAULT_DEGRADED_AFTER_MS = 300_000  # WHATSAPP_DEGRADED_AFTER_MS
-
-
-@dataclass(frozen=True)
-class HealthFacts:
-    now_ms: int
-    connected: bool = False
-    connecting: bool = False
-    pairing: bool = False
-    logged_out_reason: Optional[str] = None  # logged out, main device gone, banned
-    needs_repair: bool = False
-    repair_reason: Optional[str] = None
-    last_real_ms: Optional[int] = None
-    last_protocol_ms: Optional[int] = None
-    connected_since_ms: Optional[int] = None
-    # the current run of protocol messages with no real message (see protocol_streak)
-    protocol_streak_start_ms: Optional[int] = None
-    protocol_streak_count: int = 0  # beats
-    keepalive_timeouts: int = 0  # consecutive; reset by any answered keepalive
-    undecryptable_recent: int = 0
-    degraded_after_ms: int = DEFAULT_DEGRADED_AFTER_MS
 
 
 @dataclass(frozen=True)
@@ -79,8 +61,11 @@ def streak_gap_ms(degraded_after_ms: int) -> int:
 
 def beat_spacing_ms(degraded_after_ms: int) -> int:
     """Protocol messages closer than this to the streak's last beat add no beat: a burst
-    of notices (as at connect) counts once, however many messages it holds."""
-    return max(1, degraded_after_ms // 2)
+    of notices shorter than this (as at connect: seconds, against a threshold of minutes)
+    counts once, however many messages it holds; a steady trickle a quarter of the
+    threshold apart or sparser is detected right at the threshold, with room for jitter
+    either side of the usual 2 s protocol spacing at the short thresholds tests use."""
+    return max(1, degraded_after_ms // 4)
 
 
 def protocol_streak(start_ms: Optional[int], beats: int, beat_ms: Optional[int], last_protocol_ms: Optional[int],
@@ -88,8 +73,8 @@ def protocol_streak(start_ms: Optional[int], beats: int, beat_ms: Optional[int],
     """(start, beats, last beat) of the streak after a protocol message arriving at `now_ms`.
 
     The caller ends the streak (all None/0) on every real message, every history push and
-    every new connection. With gaps within the threshold, beats come at least every 1.5
-    thresholds, so a deaf session reaches MIN_STREAK beats and a threshold's length
+    every new connection. With gaps within the threshold, beats come at least every 5/4
+    of a threshold, so a deaf session reaches MIN_STREAK beats and a threshold's length
     within 3 thresholds, whatever its spacing."""
     if (start_ms is None or beat_ms is None or last_protocol_ms is None
             or now_ms - last_protocol_ms >= streak_gap_ms(degraded_after_ms)):
@@ -99,7 +84,7 @@ def protocol_streak(start_ms: Optional[int], beats: int, beat_ms: Optional[int],
     return start_ms, beats, beat_ms
 
 
-def protocol_only_ms(f: HealthFacts) -> Optional[int]:
+def protocol_only_ms(f: AccountFacts, now_ms: int, degraded_after_ms: int) -> Optional[int]:
     """How long protocol traffic has kept flowing without a real message, or None.
 
     None unless the streak is long enough to mean something (MIN_STREAK beats), began
@@ -108,43 +93,38 @@ def protocol_only_ms(f: HealthFacts) -> Optional[int]:
     session whose protocol traffic stopped too is quiet, not deaf). A burst of sync
     notices at connect is a streak of a second or two: it never lasts a threshold unless
     the traffic goes on."""
-    if f.protocol_streak_start_ms is None or f.last_protocol_ms is None or f.protocol_streak_count < MIN_STREAK:
+    start, last = f.protocol_streak_start_ms, f.last_protocol_message_ms
+    if start is None or last is None or f.protocol_streak_beats < MIN_STREAK:
         return None
-    marks = [t for t in (f.connected_since_ms, f.last_real_ms) if t is not None]
-    if marks and f.protocol_streak_start_ms < max(marks):
+    marks = [t for t in (f.connected_since_ms, f.last_real_message_ms) if t is not None]
+    if marks and start < max(marks):
         return None
-    if f.now_ms - f.last_protocol_ms >= streak_gap_ms(f.degraded_after_ms):
+    if now_ms - last >= streak_gap_ms(degraded_after_ms):
         return None
-    return f.last_protocol_ms - f.protocol_streak_start_ms
+    return last - start
 
 
-def verdict(f: HealthFacts) -> Verdict:
-    """Precedence: logged out > needs repair > pairing > connected/degraded >
-    connecting > disconnected. Terminal states win over transport flags because a
-    logged-out account must never be restarted, whatever its socket says."""
+def verdict(f: AccountFacts, now_ms: int, degraded_after_ms: int = DEFAULT_DEGRADED_AFTER_MS) -> Verdict:
+    """Precedence: logged out > pairing > connected/degraded > connecting >
+    disconnected. A logged-out account must never be restarted, whatever its socket says.
+    (Holds the supervisor put on an account, such as needs_repair, come before any
+    verdict: they are decisions, not facts.)"""
     if f.logged_out_reason is not None:
         return Verdict(
             AccountStatus.LOGGED_OUT,
             warning=f"logged out ({f.logged_out_reason}): it will not be restarted; pair it again",
             reason="logged_out",
         )
-    if f.needs_repair:
-        why = f.repair_reason or "needs repair"
-        return Verdict(
-            AccountStatus.NEEDS_REPAIR,
-            warning=f"{why}: restarts stopped; needs an operator",
-            reason="needs_repair",
-        )
-    if f.pairing:
+    if f.link is Link.PAIRING:
         return Verdict(AccountStatus.PAIRING, warning="waiting for the phone to scan the QR code")
-    if f.connected:
-        return _connected(f)
-    if f.connecting:
+    if f.link is Link.CONNECTED:
+        return _connected(f, now_ms, degraded_after_ms)
+    if f.link is Link.CONNECTING:
         return Verdict(AccountStatus.CONNECTING)
     return Verdict(AccountStatus.DISCONNECTED, warning="not connected", reason="disconnected")
 
 
-def _connected(f: HealthFacts) -> Verdict:
+def _connected(f: AccountFacts, now_ms: int, degraded_after_ms: int) -> Verdict:
     if f.keepalive_timeouts >= KEEPALIVE_TIMEOUTS_DEGRADED:
         return _degraded(
             f"{f.keepalive_timeouts} keepalive timeouts in a row: the connection looks stalled",
@@ -155,10 +135,10 @@ def _connected(f: HealthFacts) -> Verdict:
             f"{f.undecryptable_recent} undecryptable messages recently: the encryption sessions look broken",
             "undecryptable_burst",
         )
-    deaf_ms = protocol_only_ms(f)
-    if deaf_ms is not None and deaf_ms >= f.degraded_after_ms:
+    deaf_ms = protocol_only_ms(f, now_ms, degraded_after_ms)
+    if deaf_ms is not None and deaf_ms >= degraded_after_ms:
         return _degraded(
-            f"only protocol traffic for {human_ms(f.now_ms - f.protocol_streak_start_ms)}: the session looks deaf",
+            f"only protocol traffic for {human_ms(now_ms - f.protocol_streak_start_ms)}: the session looks deaf",
             "protocol_only",
         )
     return Verdict(AccountStatus.CONNECTED)

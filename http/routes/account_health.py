@@ -6,55 +6,24 @@ reported as not running on this instance.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 from aiohttp import web
 
-from wasync.http.app import CONTROL, ApiError, call_daemon, json_response
-from wasync.http.routes.accounts import validate_account_id
-from wasync.runtime.model import AccountState
+from wasync.http.common import CONTROL, ApiError, call_daemon, json_response, validate_account_id
+from wasync.http.views import AccountView
+
+routes = web.RouteTableDef()
 
 
-def health_body(state: AccountState, now_ms: int, instance_id: str) -> dict:
-    last_real = state.last_real_message_ms
-    return {
-        "success": True, "accountId": state.account_id, "status": state.status.value,
-        "connected": state.connected, "lastRealMessageMs": last_real,
-        "timeSinceLastRealMs": None if last_real is None else max(0, now_ms - last_real),
-        "isDegraded": state.is_degraded, "warning": state.warning,
-        "needsRepair": state.needs_repair, "repairReason": state.repair_reason, "restarts": state.restarts,
-        "lastProtocolMessageMs": state.last_protocol_message_ms, "connectedSinceMs": state.connected_since_ms,
-        "keepaliveTimeouts": state.keepalive_timeouts, "undecryptableRecent": state.undecryptable_recent,
-        "instanceId": instance_id,
-    }
-
-
-def not_running_body(doc: dict, instance_id: str) -> dict:
-    return {
-        "success": True, "accountId": doc["accountId"], "status": doc.get("status") or "disconnected",
-        "connected": False, "lastRealMessageMs": None, "timeSinceLastRealMs": None, "isDegraded": False,
-        "warning": "not running on this instance", "needsRepair": bool(doc.get("needsRepair")),
-        "repairReason": doc.get("repairReason"), "restarts": 0, "lastProtocolMessageMs": None,
-        "connectedSinceMs": None, "keepaliveTimeouts": 0, "undecryptableRecent": 0, "instanceId": instance_id,
-    }
-
-
-def _find(docs: list[dict], account_id: str) -> Optional[dict]:
-    return next((d for d in docs if d.get("accountId") == account_id), None)
-
-
+@routes.get("/api/whatsapp/accounts/{accountId}/health")
 async def account_health(request: web.Request) -> web.Response:
     account_id = validate_account_id(request.match_info["accountId"])
     control = request.app[CONTROL]
     snapshot = control.snapshot()
-    state = next((a for a in snapshot.accounts if a.account_id == account_id), None)
-    if state is not None:
-        return json_response(health_body(state, snapshot.taken_at_ms, snapshot.instance_id))
-    doc = _find(await call_daemon(request, control.list_accounts), account_id)
+    live = next((a for a in snapshot.accounts if a.account_id == account_id), None)
+    if live is not None:
+        return json_response(AccountView(account_id, {}, live).health(snapshot.taken_at_ms, snapshot.instance_id))
+    doc = next((d for d in await call_daemon(request, control.list_accounts) if d.get("accountId") == account_id),
+               None)
     if doc is None:
         raise ApiError(404, "unknown_account", f"no account {account_id}")
-    return json_response(not_running_body(doc, snapshot.instance_id))
-
-
-def setup(app: web.Application) -> None:
-    app.router.add_get("/api/whatsapp/accounts/{accountId}/health", account_health)
+    return json_response(AccountView(account_id, doc, None).health(snapshot.taken_at_ms, snapshot.instance_id))

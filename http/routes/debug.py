@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from wasync.http.app import CONTROL, ApiError, call_daemon, json_response
-from wasync.http.routes.accounts import read_json_object, validate_account_id
+from wasync.http.common import CONTROL, ApiError, call_daemon, json_response, read_json_object, validate_account_id
 
 KINDS = ("raise", "block")
 
+routes = web.RouteTableDef()  # added to the app only with WASYNC_DEBUG_FAULTS
 
+
+@routes.post("/api/admin/debug/fault/{accountId}")
 async def inject_fault(request: web.Request) -> web.Response:
     account_id = validate_account_id(request.match_info["accountId"])
     body = await read_json_object(request)
@@ -23,8 +25,3 @@ async def inject_fault(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_body", 'expected {"kind": "raise" | "block"}')
     await call_daemon(request, request.app[CONTROL].inject_fault, account_id, kind)
     return json_response({"success": True, "accountId": account_id, "kind": kind})
-
-
-def setup(app: web.Application, enabled: bool) -> None:
-    if enabled:
-        app.router.add_post("/api/admin/debug/fault/{accountId}", inject_fault)

@@ -11,9 +11,12 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
-from wasync.http.app import CONTROL, json_response
-from wasync.runtime.control import Snapshot, StoreHealth
+from wasync.http.common import CONTROL, json_response
+from wasync.runtime.board import Snapshot, StoreHealth
 from wasync.runtime.store.schema import iso
+
+
+routes = web.RouteTableDef()
 
 
 def store_json(store: StoreHealth) -> dict:
@@ -21,6 +24,7 @@ def store_json(store: StoreHealth) -> dict:
             "checkedAtMs": store.checked_at_ms, "downSinceMs": store.down_since_ms}
 
 
+@routes.get("/health")
 async def health(request: web.Request) -> web.Response:
     # Liveness: the process answers, so 200 even with the store down (restarting us
     # would not bring the store back); the body says how the store is.
@@ -28,12 +32,14 @@ async def health(request: web.Request) -> web.Response:
     return json_response({"ok": True, "instanceId": snap.instance_id, "store": store_json(snap.store)})
 
 
+@routes.get("/ready")
 async def ready(request: web.Request) -> web.Response:
     snap: Snapshot = request.app[CONTROL].snapshot()
     body = {"ready": snap.ready, "mode": snap.mode, "instanceId": snap.instance_id}
     return json_response(body, status=200 if snap.ready else 503)
 
 
+@routes.get("/diag")
 async def diag(request: web.Request) -> web.Response:
     snap: Snapshot = request.app[CONTROL].snapshot()
     now = datetime.now(timezone.utc)
@@ -52,9 +58,3 @@ async def diag(request: web.Request) -> web.Response:
         "snapshotAgeMs": max(0, now_ms - snap.taken_at_ms) if snap.taken_at_ms else None,
         "timestamp": iso(now),
     })
-
-
-def setup(app: web.Application) -> None:
-    app.router.add_get("/health", health)
-    app.router.add_get("/ready", ready)
-    app.router.add_get("/diag", diag)

@@ -7,10 +7,13 @@ import io
 import segno
 from aiohttp import web
 
-from wasync.http.app import CONTROL, ApiError, call_daemon, json_response
-from wasync.http.routes.accounts import normalize_phone, read_json_object, validate_account_id
+from wasync.http.common import (
+    CONTROL, ApiError, call_daemon, json_response, normalize_phone, read_json_object, validate_account_id,
+)
 
 FORMATS = {"png": "image/png", "svg": "image/svg+xml", "text": "text/plain"}
+
+routes = web.RouteTableDef()
 
 
 def render_qr(code: str, fmt: str) -> bytes:
@@ -22,6 +25,7 @@ def render_qr(code: str, fmt: str) -> bytes:
     return out.getvalue()
 
 
+@routes.get("/api/whatsapp/accounts/{accountId}/qr")
 async def get_qr(request: web.Request) -> web.Response:
     account_id = validate_account_id(request.match_info["accountId"])
     fmt = request.query.get("format", "png")
@@ -35,6 +39,7 @@ async def get_qr(request: web.Request) -> web.Response:
                         headers={"Cache-Control": "no-store"})
 
 
+@routes.post("/api/whatsapp/accounts/{accountId}/pair-phone")
 async def pair_phone(request: web.Request) -> web.Response:
     account_id = validate_account_id(request.match_info["accountId"])
     body = await read_json_object(request)
@@ -46,14 +51,9 @@ async def pair_phone(request: web.Request) -> web.Response:
     return json_response({"success": True, "accountId": account_id, "code": code})
 
 
+@routes.post("/api/whatsapp/regenerate-qr/{accountId}")
 async def regenerate_qr(request: web.Request) -> web.Response:
     account_id = validate_account_id(request.match_info["accountId"])
     await call_daemon(request, request.app[CONTROL].regenerate_qr, account_id)
     return json_response({"success": True, "accountId": account_id,
                           "message": "pairing restarted; fetch the new QR in a few seconds"})
-
-
-def setup(app: web.Application) -> None:
-    app.router.add_get("/api/whatsapp/accounts/{accountId}/qr", get_qr)
-    app.router.add_post("/api/whatsapp/accounts/{accountId}/pair-phone", pair_phone)
-    app.router.add_post("/api/whatsapp/regenerate-qr/{accountId}", regenerate_qr)

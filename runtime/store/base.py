@@ -16,8 +16,9 @@ Rules every implementation keeps (SPEC §2):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol, Sequence
+from typing import Optional, Protocol, Sequence
 
+from wasync.runtime.account import AccountPatch, AccountRecord
 from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, ThreadUpdate
 
 
@@ -25,7 +26,16 @@ class StoreError(RuntimeError):
     """The store could not do what was asked; the caller may retry (nothing was lost)."""
 
 
-class StaleFence(StoreError):
+class Refused(StoreError):
+    """The store will never accept this write as it is: retrying cannot help. The writer
+    quarantines the account's rows with the reason instead of retrying for ever."""
+
+
+class BadData(Refused):
+    """The data itself is unacceptable (too large, a value the store cannot hold)."""
+
+
+class StaleFence(Refused):
     """A fenced write carried an epoch that is no longer the account's current one."""
 
 
@@ -115,9 +125,15 @@ class Store(Protocol):
 
     # --- accounts --------------------------------------------------------------------
     def get_account(self, account_id: str) -> Optional[dict]: ...
-    def merge_account(self, account_id: str, fields: dict[str, Any], now_ms: int,
-                      fence: Optional[Fence] = None) -> None: ...
-    def list_accounts(self) -> list[dict]: ...
+    def list_accounts(self) -> list[dict]:
+        """Every account document, in the JSON shape the API returns."""
+    def list_account_records(self) -> list[AccountRecord]: ...
+    def create_account(self, account_id: str, phone: Optional[str], now_ms: int) -> bool:
+        """A new account (pairing, or resuming `phone`'s session); False if it exists."""
+    def update_account(self, account_id: str, patch: AccountPatch, now_ms: int,
+                       fence: Optional[Fence] = None) -> bool:
+        """Apply `patch`; False (and nothing written) if the account does not exist: a
+        late write for a removed account must not bring it back."""
     def delete_account(self, account_id: str) -> bool: ...
 
     # --- socket ownership --------------------------------------------------------------

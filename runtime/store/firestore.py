@@ -19,12 +19,14 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.field_path import FieldPath
 
+from wasync.runtime.account import AccountPatch, AccountRecord
 from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, ThreadUpdate, thread_id
 from wasync.runtime.store.base import Fence, Page, WriteResult
 from wasync.runtime.store.firestore_wire import emulator_client, fast_set, service_account_credentials
 from wasync.runtime.store.firestore_tx import OwnershipOps, call_options, check_fence, run_tx, store_errors, tx_read
+from wasync.runtime.store import schema
 from wasync.runtime.store.schema import (
-    ACCOUNTS, LEASES, MESSAGES, PENDING, SERVER_TIME, THREADS, BadCursor, Increment, decode_cursor, edit_patch,
+    ACCOUNTS, LEASES, MESSAGES, PENDING, THREADS, BadCursor, decode_cursor, edit_patch,
     encode_cursor, merge_message, merge_patch, merge_thread, message_doc, ms_to_dt, pending_id, receipt_patch,
     revoke_patch, to_api,
 )
@@ -386,28 +388,44 @@ class FirestoreStore(OwnershipOps):
         return to_api(snap.to_dict()) if snap.exists else None
 
     @store_errors
-    def merge_account(self, account_id: str, fields: dict[str, Any], now_ms: int,
-                      fence: Optional[Fence] = None) -> None:
-        data = {key: _account_value(value) for key, value in fields.items()}
-        data.update(accountId=account_id, updatedAt=ms_to_dt(now_ms))
-        # Listing the top-level fields makes a map value replace the stored map instead
-        # of deep-merging into it (a finished run's status must not keep `running`).
-        merge = [FieldPath(key) for key in data]
-        ref = self._db.document(ACCOUNTS, account_id)
-        if fence is None:
-            ref.set(data, merge=merge, **self._write)
-            return
-
-        def body(tx):
-            (lease,) = tx_read(self._db, tx, self._db.document(LEASES, account_id))
-            check_fence(lease, fence, account_id)
-            tx.set(ref, data, merge=merge)
-
-        run_tx(self._db, body)
-
-    @store_errors
     def list_accounts(self) -> list[dict]:
         return [to_api({"accountId": s.id, **s.to_dict()}) for s in self._db.collection(ACCOUNTS).stream(**self._read)]
+
+    def list_account_records(self) -> list[AccountRecord]:
+        return [schema.account_record(doc) for doc in self.list_accounts()]
+
+    @store_errors
+    def create_account(self, account_id: str, phone: Optional[str], now_ms: int) -> bool:
+        try:
+            self._db.document(ACCOUNTS, account_id).create(
+                schema.new_account_doc(account_id, phone, ms_to_dt(now_ms)), **self._write)
+            return True
+        except gexc.AlreadyExists:
+            return False
+
+    @store_errors
+    def update_account(self, account_id: str, patch: AccountPatch, now_ms: int,
+                       fence: Optional[Fence] = None) -> bool:
+        ref = self._db.document(ACCOUNTS, account_id)
+        if fence is None and not schema.patch_needs_stored(patch):
+            # update(), not set(merge): it refuses a missing document (a removed account
+            # stays removed) and replaces map values instead of deep-merging them.
+            try:
+                ref.update({**schema.account_fields(patch, None), "updatedAt": ms_to_dt(now_ms)}, **self._write)
+                return True
+            except gexc.NotFound:
+                return False
+
+        def body(tx) -> bool:
+            stored, *lease = tx_read(self._db, tx, ref, *([self._db.document(LEASES, account_id)] if fence else []))
+            if fence is not None:
+                check_fence(lease[0], fence, account_id)
+            if stored is None:
+                return False
+            tx.update(ref, {**schema.account_fields(patch, stored), "updatedAt": ms_to_dt(now_ms)})
+            return True
+
+        return run_tx(self._db, body)
 
     @store_errors
     def delete_account(self, account_id: str) -> bool:
@@ -470,13 +488,3 @@ def _decode(cursor: str) -> tuple[int, str]:
     if not isinstance(value, int) or isinstance(value, bool):
         raise BadCursor(f"invalid cursor {cursor!r}")
     return value, doc_id
-
-
-def _account_value(value: Any) -> Any:
-    if isinstance(value, Increment):
-        return firestore.Increment(value.by)
-    if value is SERVER_TIME:
-        return firestore.SERVER_TIMESTAMP
-    if isinstance(value, dict):
-        return {k: _account_value(v) for k, v in value.items()}
-    return value

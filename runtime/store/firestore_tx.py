@@ -20,7 +20,7 @@ from google.cloud import firestore
 from google.cloud.firestore import FieldFilter
 
 from wasync.runtime.backoff import Backoff
-from wasync.runtime.store.base import JOBS, Fence, JobLock, Lease, NotFound, OutboxItem, StaleFence, StoreError
+from wasync.runtime.store.base import JOBS, BadData, Fence, JobLock, Lease, NotFound, OutboxItem, StaleFence, StoreError
 from wasync.runtime.store.schema import (
     ACCOUNTS,
     INSTANCES,
@@ -60,7 +60,8 @@ _TX_READ = call_options(TX_READ_TIMEOUT_S)[0]
 
 
 def store_errors(fn: Callable[..., T]) -> Callable[..., T]:
-    """Surface transport and service failures as StoreError, which callers retry."""
+    """Surface transport and service failures as StoreError, which callers retry, and the
+    service's refusals of the data itself as BadData, which they must not."""
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
@@ -68,6 +69,9 @@ def store_errors(fn: Callable[..., T]) -> Callable[..., T]:
             return fn(*args, **kwargs)
         except StoreError:
             raise
+        except (gexc.InvalidArgument, gexc.OutOfRange) as exc:
+            # The service refuses this data (too large, an invalid value): it always will.
+            raise BadData(f"firestore {fn.__name__}: {type(exc).__name__}: {exc}") from exc
         except (gexc.GoogleAPIError, grpc.RpcError, auth_exc.GoogleAuthError) as exc:
             raise StoreError(f"firestore {fn.__name__}: {type(exc).__name__}: {exc}") from exc
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Optional
 
+from wasync.runtime.account import AccountPatch, AccountRecord, Repair
 from wasync.runtime.model import (
+    AccountStatus,
     Message,
     MessageEdit,
     MessageRevoke,
@@ -43,23 +44,6 @@ JOB_LOCK_MIRROR = {
     "backfill": ("autoBackfillLeaseUntil", "autoBackfillLeaseHolder", "autoBackfillLeaseAcquiredAt"),
     "recent_sync": ("recentSyncLeaseUntil", "recentSyncLeaseHolder", "recentSyncLeaseAcquiredAt"),
 }
-
-
-@dataclass(frozen=True)
-class Increment:
-    """Account field update: add `by` to the stored number (0 when absent)."""
-
-    by: int = 1
-
-
-class ServerTime:
-    """Account field update: the store's own clock (Firestore server timestamp)."""
-
-    def __repr__(self) -> str:
-        return "SERVER_TIME"
-
-
-SERVER_TIME = ServerTime()
 
 
 def ms_to_dt(ms: Optional[int]) -> Optional[datetime]:
@@ -225,6 +209,76 @@ def merge_thread(stored: Optional[dict], update: ThreadUpdate, now: datetime) ->
         return None
     merged["updatedAt"] = now
     return merged
+
+
+# --- accounts --------------------------------------------------------------------
+
+# historySyncCount counts each history chunk once, replays included: per spool (journal)
+# the last chunk seq counted. A map of a few entries (one per spool file ever used).
+COUNT_MARKS = "historySyncCountMarks"
+
+
+def new_account_doc(account_id: str, phone: Optional[str], now: datetime) -> dict[str, Any]:
+    """A new account's document. Its first status says what will happen (pairing without
+    a phone); the supervisor writes every status after that."""
+    doc = {"accountId": account_id, "enabled": True, "createdAt": now, "updatedAt": now,
+           "status": (AccountStatus.CONNECTING if phone else AccountStatus.PAIRING).value}
+    if phone:
+        doc["phone"] = phone
+    return doc
+
+
+def patch_needs_stored(patch: AccountPatch) -> bool:
+    """Whether applying `patch` depends on what is stored (the replay-safe counter)."""
+    return patch.history is not None and bool(patch.history.chunk_seqs)
+
+
+def account_fields(patch: AccountPatch, stored: Optional[dict]) -> dict[str, Any]:
+    """The document fields `patch` sets, given the stored document (needed only when
+    `patch_needs_stored`). Map values replace what is stored; they never deep-merge."""
+    out: dict[str, Any] = {}
+    if patch.status is not None:
+        out["status"] = patch.status.value
+    if patch.phone is not None:
+        out["phone"] = patch.phone
+    if patch.jid is not None:
+        out["jid"] = patch.jid
+    if patch.repair is not None:
+        needed = patch.repair.needed
+        out.update(needsRepair=needed, repairReason=patch.repair.reason if needed else None,
+                   repairRequestedAt=ms_to_dt(patch.repair.since_ms) if needed else None)
+    if patch.realtime_ingest_ms is not None:
+        out["lastRealtimeIngestAt"] = ms_to_dt(patch.realtime_ingest_ms)
+    if patch.realtime_message_ms is not None:
+        out["lastRealtimeMessageAt"] = ms_to_dt(patch.realtime_message_ms)
+    if patch.realtime_error is not None:
+        out["lastRealtimeError"] = patch.realtime_error
+    history = patch.history
+    if history is not None:
+        r = history.result
+        out["lastHistorySyncAt"] = ms_to_dt(history.at_ms)
+        out["lastHistorySyncResult"] = {"saved": r.saved, "skipped": r.skipped, "errors": r.errors,
+                                        "total": r.total, "dryRun": r.dry_run}
+        if history.chunk_seqs:
+            stored = stored or {}
+            marks = dict(stored.get(COUNT_MARKS) or {})
+            counted = marks.get(history.spool_id, 0)
+            fresh = sum(1 for seq in history.chunk_seqs if seq > counted)
+            marks[history.spool_id] = max(counted, max(history.chunk_seqs))
+            out["historySyncCount"] = (stored.get("historySyncCount") or 0) + fresh
+            out[COUNT_MARKS] = marks
+    return out
+
+
+def account_record(doc: dict) -> AccountRecord:
+    """What the daemon needs of a stored account (document or API shape)."""
+    status = doc.get("status")
+    needed = bool(doc.get("needsRepair"))
+    return AccountRecord(
+        account_id=doc["accountId"], enabled=doc.get("enabled", True) is not False, phone=doc.get("phone"),
+        status=AccountStatus(status) if status in AccountStatus._value2member_map_ else None,
+        repair=Repair(needed, doc.get("repairReason") if needed else None,
+                      dt_to_ms(doc.get("repairRequestedAt")) if needed else None))
 
 
 # --- API shape and cursors --------------------------------------------------------

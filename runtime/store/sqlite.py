@@ -11,6 +11,7 @@ while a writer commits. Callers are actor threads; each thread gets its own conn
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
@@ -20,10 +21,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+from wasync.runtime.account import AccountPatch, AccountRecord
 from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, ThreadUpdate, thread_id
 from wasync.runtime.store import schema
-from wasync.runtime.store.base import Fence, Page, StoreError, WriteResult
-from wasync.runtime.store.schema import Increment, ServerTime, merge_message, ms_to_dt, to_api
+from wasync.runtime.store.base import BadData, Fence, Page, StoreError, WriteResult
+from wasync.runtime.store.schema import merge_message, ms_to_dt, to_api
 from wasync.runtime.store.sqlite_codec import decode, encode, plain
 from wasync.runtime.store.sqlite_tx import SqliteOwnership
 
@@ -59,6 +61,24 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_queue ON outbox (account_id, status, created_at_ms);
     """,
 )
+
+
+# What SQLite says about the data itself (a constraint, a value it cannot bind): never
+# worth a retry. Everything else (locked, I/O) is.
+_REFUSED = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError)
+
+
+def _reads(fn):
+    """A read's driver errors as StoreError, like every other store failure."""
+
+    @functools.wraps(fn)
+    def read(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite {fn.__name__}: {exc}") from exc
+
+    return read
 
 
 class SqliteStore(SqliteOwnership):
@@ -111,6 +131,8 @@ class SqliteStore(SqliteOwnership):
             conn.execute("COMMIT")
         except BaseException as exc:
             conn.execute("ROLLBACK")
+            if isinstance(exc, _REFUSED):
+                raise BadData(f"sqlite: {exc}") from exc
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"sqlite: {exc}") from exc
             raise
@@ -289,15 +311,18 @@ class SqliteStore(SqliteOwnership):
 
     # --- reads -------------------------------------------------------------------
 
+    @_reads
     def get_message(self, account_id: str, chat_jid: str, message_id: str) -> Optional[dict]:
         row = self._conn().execute("SELECT doc FROM messages WHERE thread_id = ? AND id = ?",
                                    (thread_id(account_id, chat_jid), message_id)).fetchone()
         return to_api(decode(row[0])) if row else None
 
+    @_reads
     def get_thread(self, thread: str) -> Optional[dict]:
         row = self._conn().execute("SELECT doc FROM threads WHERE thread_id = ?", (thread,)).fetchone()
         return to_api(decode(row[0])) if row else None
 
+    @_reads
     def list_threads(self, account_id: str, limit: int = 50, cursor: Optional[str] = None) -> Page:
         sql = "SELECT thread_id, last_message_at_ms, doc FROM threads WHERE account_id = ? " \
               "AND last_message_at_ms IS NOT NULL"
@@ -310,6 +335,7 @@ class SqliteStore(SqliteOwnership):
         rows = self._conn().execute(sql, (*args, limit + 1)).fetchall()
         return self._page(rows, limit)
 
+    @_reads
     def list_messages(self, account_id: str, thread: str, limit: int = 50, cursor: Optional[str] = None) -> Page:
         if not thread.startswith(account_id + "__"):
             return Page([], None)
@@ -332,31 +358,39 @@ class SqliteStore(SqliteOwnership):
 
     # --- accounts ----------------------------------------------------------------
 
+    @_reads
     def get_account(self, account_id: str) -> Optional[dict]:
         row = self._conn().execute("SELECT doc FROM accounts WHERE account_id = ?", (account_id,)).fetchone()
         return to_api(decode(row[0])) if row else None
 
+    @_reads
     def list_accounts(self) -> list[dict]:
         rows = self._conn().execute("SELECT doc FROM accounts ORDER BY account_id").fetchall()
         return [to_api(decode(doc)) for (doc,) in rows]
 
-    def merge_account(self, account_id: str, fields: dict[str, Any], now_ms: int,
-                      fence: Optional[Fence] = None) -> None:
-        now = ms_to_dt(now_ms)
+    def list_account_records(self) -> list[AccountRecord]:
+        return [schema.account_record(doc) for doc in self.list_accounts()]
+
+    def create_account(self, account_id: str, phone: Optional[str], now_ms: int) -> bool:
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM accounts WHERE account_id = ?", (account_id,)).fetchone():
+                return False
+            self._put_account(conn, account_id, schema.new_account_doc(account_id, phone, ms_to_dt(now_ms)))
+            return True
+
+    def update_account(self, account_id: str, patch: AccountPatch, now_ms: int,
+                       fence: Optional[Fence] = None) -> bool:
         with self._write() as conn:
             if fence is not None:
                 self._check_fence(conn, account_id, fence)
-            doc = self._account_doc(conn, account_id)
-            for key, value in fields.items():
-                if isinstance(value, Increment):
-                    doc[key] = (doc.get(key) or 0) + value.by
-                elif isinstance(value, ServerTime):
-                    doc[key] = now
-                else:
-                    doc[key] = value
-            doc["accountId"] = account_id
-            doc["updatedAt"] = now
+            row = conn.execute("SELECT doc FROM accounts WHERE account_id = ?", (account_id,)).fetchone()
+            if row is None:
+                return False
+            doc = decode(row[0])
+            doc.update(schema.account_fields(patch, doc))
+            doc["updatedAt"] = ms_to_dt(now_ms)
             self._put_account(conn, account_id, doc)
+            return True
 
     def delete_account(self, account_id: str) -> bool:
         with self._write() as conn:

@@ -1,0 +1,137 @@
+"""What spool rows become: normalized events folded into one IngestBatch for the writer.
+
+The one place that turns raw events into store writes, shared by the AccountActor (which
+also learns its health facts from the same events) and the SweeperActor (rows of
+accounts that no actor reads here). A row that cannot be understood goes to the
+quarantine with the reason; every other row's seq travels in the batch and leaves the
+spool once the store has confirmed it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+from wasync.actors.writer_protocol import IngestBatch
+from wasync.runtime import model as m
+from wasync.runtime.account import AccountPatch, HistorySyncResult, HistorySyncUpdate
+from wasync.runtime.clock import Clock
+from wasync.runtime.metrics import Metrics
+from wasync.runtime.spool import Spool, SpoolRow
+from wasync.runtime.transport.normalize import NormalizeError, normalize
+
+log = logging.getLogger("wasync.ingest")
+
+
+@dataclass
+class Folded:
+    """One run of rows: the batch for the writer, and every event with its row (the
+    account actor reads its health facts from them)."""
+
+    batch: IngestBatch
+    events: list[tuple[SpoolRow, m.NormalizedEvent]] = field(default_factory=list)
+    real: int = 0
+    protocol: int = 0
+
+
+@dataclass(frozen=True)
+class Ingest:
+    """The surroundings the fold needs (shared by every actor that ingests)."""
+
+    spool: Spool
+    metrics: Metrics
+    clock: Clock
+    dry_run_history: bool
+
+    def fold(self, account_id: str, rows: list[SpoolRow]) -> Folded:
+        b = _Builder(account_id)
+        events: list[tuple[SpoolRow, m.NormalizedEvent]] = []
+        real = protocol = 0
+        for row in rows:
+            try:
+                normalized = normalize(account_id, row.kind, row.raw)
+            except NormalizeError as exc:
+                self.metrics.normalize_errors.inc()
+                self.metrics.quarantined.inc()
+                self.spool.quarantine([row.seq], str(exc))
+                log.warning("[realtime] accountId=%s quarantined seq=%d: %s", account_id, row.seq, exc)
+                continue
+            b.seqs.append(row.seq)
+            for event in normalized:
+                events.append((row, event))
+                r, p = self._fold_event(event, row, b)
+                real, protocol = real + r, protocol + p
+        return Folded(b.build(), events, real, protocol)
+
+    def _fold_event(self, event: m.NormalizedEvent, row: SpoolRow, b: "_Builder") -> tuple[int, int]:
+        """Add what `event` writes to the batch; returns (real, protocol) message counts."""
+        metrics = self.metrics
+        if isinstance(event, m.Message):
+            b.messages.append(event)
+            b.received_ms.append(row.received_at_ms)
+            if event.push_name and not event.is_group and event.direction is m.Direction.INBOUND:
+                b.threads.append(m.ThreadUpdate(b.account_id, event.client_jid, display_name=event.push_name))
+            metrics.messages_ingested.labels(source=event.sync_source.value, type=event.message_type.value).inc()
+            metrics.message_class.labels(**{"class": "real"}).inc()
+            b.patch(AccountPatch(realtime_ingest_ms=self.clock.wall_ms(), realtime_message_ms=event.ts_client_ms))
+            return 1, 0
+        if isinstance(event, m.ProtocolMessage):
+            metrics.message_class.labels(**{"class": "protocol"}).inc()
+            return 0, 1
+        if isinstance(event, m.HistoryBatch):
+            self._history(event, row, b)
+        elif isinstance(event, m.Receipt):
+            metrics.receipts.labels(kind=event.kind.value).inc()
+            if event.status is not None:
+                b.receipts.append(event)
+        elif isinstance(event, m.MessageEdit):
+            b.edits.append(event)
+        elif isinstance(event, m.MessageRevoke):
+            b.revokes.append(event)
+        elif isinstance(event, m.Ignored):
+            metrics.ignored.labels(reason=event.reason.split(":")[0]).inc()
+        elif isinstance(event, m.PairSuccess):
+            b.patch(AccountPatch(jid=event.jid, phone=phone_of(event.jid)))
+        elif isinstance(event, m.ConnectFailure):
+            b.patch(AccountPatch(realtime_error=f"connect failure: {event.reason} {event.message}".strip()))
+        return 0, 0
+
+    def _history(self, event: m.HistoryBatch, row: SpoolRow, b: "_Builder") -> None:
+        dry = self.dry_run_history
+        if not dry:
+            b.messages.extend(event.messages)
+            b.threads.extend(event.threads)
+            for msg in event.messages:
+                self.metrics.messages_ingested.labels(source=msg.sync_source.value, type=msg.message_type.value).inc()
+        result = HistorySyncResult(saved=0 if dry else len(event.messages), skipped=event.skipped, errors=0,
+                                   total=len(event.messages) + event.skipped, dry_run=dry)
+        # Known by its spool row: a replayed chunk is not counted twice.
+        b.patch(AccountPatch(history=HistorySyncUpdate(self.clock.wall_ms(), result, self.spool.id, (row.seq,))))
+        log.info("[history-sync] accountId=%s type=%s chunk=%d messages=%d skipped=%d dryRun=%s", b.account_id,
+                 event.sync_type.value, event.chunk_order, len(event.messages), event.skipped, dry)
+
+
+def phone_of(jid: str) -> str:
+    """'15550001111:12@s.whatsapp.net' -> '15550001111'."""
+    return jid.split("@")[0].split(":")[0]
+
+
+@dataclass
+class _Builder:
+    account_id: str
+    seqs: list[int] = field(default_factory=list)
+    received_ms: list[int] = field(default_factory=list)
+    messages: list[m.Message] = field(default_factory=list)
+    receipts: list[m.Receipt] = field(default_factory=list)
+    edits: list[m.MessageEdit] = field(default_factory=list)
+    revokes: list[m.MessageRevoke] = field(default_factory=list)
+    threads: list[m.ThreadUpdate] = field(default_factory=list)
+    account: Optional[AccountPatch] = None
+
+    def patch(self, change: AccountPatch) -> None:
+        self.account = change if self.account is None else self.account.then(change)
+
+    def build(self) -> IngestBatch:
+        return IngestBatch(self.account_id, tuple(self.seqs), tuple(self.received_ms), tuple(self.messages),
+                           tuple(self.receipts), tuple(self.edits), tuple(self.revokes), tuple(self.threads),
+                           self.account)

@@ -1,0 +1,54 @@
+"""StoreMonitorActor: every tick, asks the store whether it answers (a bounded ping) and
+the spool how deep it is, and publishes both: /diag must say the store is down while it
+is, even when the writer sits inside a call that will only time out later. When the store
+answers again it tells the writer to retry at once instead of at the end of its backoff.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pykka
+
+from wasync.actors.writer_protocol import StoreAnswers
+from wasync.runtime.board import Board
+from wasync.runtime.spool import Spool
+from wasync.runtime.ticker import Timers
+
+log = logging.getLogger("wasync.monitor")
+
+CHECK_EVERY_S = 2.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """Ticker: time to check (the monitor's only message)."""
+
+
+class StoreMonitorActor(pykka.ThreadingActor):
+    def __init__(self, store, spool: Spool, board: Board, writer: pykka.ActorRef, ticker: Timers,
+                 every_s: float = CHECK_EVERY_S):
+        super().__init__()
+        self.store, self.spool, self.board, self.writer, self.ticker = store, spool, board, writer, ticker
+        self.every_s = every_s
+        self._answered = True
+
+    def on_start(self) -> None:
+        self.actor_ref.tell(Check())
+
+    def on_receive(self, message: Check):
+        try:
+            self._check()
+        except Exception:
+            log.exception("[supervisor] store check failed")
+        finally:
+            self.ticker.later(self.actor_ref, Check(), self.every_s)
+
+    def _check(self) -> None:
+        self.board.publish_spool(self.spool.depth(), self.spool.oldest_received_ms())
+        answered = self.store.ping()  # bounded (2 s): never raises
+        self.board.publish_ping(answered, None if answered else "ping failed")
+        if answered and not self._answered:
+            log.info("[supervisor] the store answers again")
+            self.writer.tell(StoreAnswers())
+        self._answered = answered

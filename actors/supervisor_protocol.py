@@ -1,0 +1,176 @@
+"""What the SupervisorActor is told, and by whom (DESIGN.md "Supervision").
+
+pykka has no links or monitors, so the supervisor builds them out of these: its children
+report failures, stops and what they observed; the ownership actor says which accounts
+to run; the ticker drives liveness rounds and scheduled starts. Every report from a
+child names the child's `generation`: news from a replaced actor is told apart and
+ignored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional, Union
+
+from wasync.actors.reply import Reply
+from wasync.runtime.account import AccountFacts, AccountRecord
+
+# --- from the ownership actor -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Owned:
+    """Run this account here (as stored when ownership began)."""
+
+    record: AccountRecord
+
+
+@dataclass(frozen=True)
+class Lost:
+    """Stop running this account here."""
+
+    account_id: str
+    reason: str
+
+
+# --- from the ticker ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Liveness round: probe every child, replace the hung, judge the rest."""
+
+
+@dataclass(frozen=True)
+class StartDue:
+    """A scheduled start (after a backoff, a ban, a start-gate slot) is due."""
+
+    account_id: str
+    token: int  # stale when the account was rescheduled since
+    step: Literal["gate", "start"]  # "gate": take a start-gate slot first; "start": start now
+
+
+# --- from account actors -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the child observed: the answer to Probe `probe_seq`, or (None) news that may
+    change the account's status (connected, pairing, disconnected)."""
+
+    facts: AccountFacts
+    probe_seq: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class ChildFailed:
+    account_id: str
+    generation: int
+    error: str
+
+
+@dataclass(frozen=True)
+class SessionStopped:
+    """The child stopped its session as asked (StopSession) and handed its rows over."""
+
+    account_id: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class ChildStopped:
+    """The child has stopped for good (its session too): the account may start again."""
+
+    account_id: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class SessionLoggedOut:
+    account_id: str
+    generation: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SessionReplaced:
+    """StreamReplaced: another client holds this session. Never fought."""
+
+    account_id: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class SessionBanned:
+    account_id: str
+    generation: int
+    reason: str
+    retry_after_ms: int
+
+
+@dataclass(frozen=True)
+class SessionPaired:
+    account_id: str
+    generation: int
+    jid: str
+    phone: str
+
+
+# --- from the writer ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriteRejected:
+    """The store refused this account's writes for good; its rows were quarantined."""
+
+    account_id: str
+    reason: str
+    rows: int
+    stale_fence: bool = False
+
+
+# --- from the control facade and the daemon --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RestartAccount:
+    """An operator's restart (regenerate-qr): a fresh start with a fresh restart budget; a
+    new pairing for an account that needs repair."""
+
+    account_id: str
+
+
+@dataclass(frozen=True)
+class RequestPairingCode:
+    """Forwarded to the account's actor; `reply` gets the code, or NotConnected when no
+    actor runs the account here."""
+
+    account_id: str
+    phone: str
+    reply: Reply
+
+
+@dataclass(frozen=True)
+class InjectFault:
+    """Test-only (WASYNC_DEBUG_FAULTS); `reply` is set once forwarded (or NotConnected)."""
+
+    account_id: str
+    kind: Literal["raise", "block"]
+    reply: Reply
+
+
+@dataclass(frozen=True)
+class StopSessions:
+    """Shutdown, step one: no more starts; every child stops its session. `reply` is set
+    once every child has reported SessionStopped."""
+
+    reply: Reply
+
+
+@dataclass(frozen=True)
+class RunningAccounts:
+    """Ask: the accounts with a running actor, sorted (a tuple of ids)."""
+
+
+SupervisorMsg = Union[Owned, Lost, Tick, StartDue, Facts, ChildFailed, SessionStopped, ChildStopped,
+                      SessionLoggedOut, SessionReplaced, SessionBanned, SessionPaired, WriteRejected,
+                      RestartAccount, RequestPairingCode, InjectFault, StopSessions, RunningAccounts]

@@ -1,0 +1,84 @@
+"""SweeperActor: writes the spool rows of accounts that no actor here reads, so that no
+row is ever stranded.
+
+Rows keep arriving for an account after its actor let go of it: the session's last
+`Disconnected` as it stops, events of a session killed from outside, rows an earlier run
+left for an account since removed. The account may be removed, held for repair, taken
+over by another client, or moved to another instance. Whatever the reason, its rows are
+still written to the store (through the same fold as the account actor's,
+actors/ingest.py) or quarantined with the reason; an account that an actor here reads
+now, or will once it starts (the board's `ingesting`), is left to that actor.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Union
+
+import pykka
+
+from wasync.actors.ingest import Ingest
+from wasync.runtime.board import Board
+from wasync.runtime.ticker import Timers
+
+log = logging.getLogger("wasync.sweeper")
+
+SWEEP_EVERY_S = 2.0
+ROWS_PER_STEP = 500
+
+
+@dataclass(frozen=True)
+class SweepDue:
+    """Ticker: the periodic sweep."""
+
+
+@dataclass(frozen=True)
+class SweepNow:
+    """Ask (shutdown drain): sweep now; answers with the number of rows handed over."""
+
+
+SweeperMsg = Union[SweepDue, SweepNow]
+
+
+class SweeperActor(pykka.ThreadingActor):
+    def __init__(self, ingest: Ingest, writer: pykka.ActorRef, board: Board, ticker: Timers,
+                 every_s: float = SWEEP_EVERY_S):
+        super().__init__()
+        self.ingest, self.writer, self.board, self.ticker = ingest, writer, board, ticker
+        self.every_s = every_s
+        self.cursors: dict[str, int] = {}  # per account: last seq handed to the writer
+
+    def on_start(self) -> None:
+        self.ticker.later(self.actor_ref, SweepDue(), self.every_s)
+
+    def on_receive(self, message: SweeperMsg):
+        try:
+            return self._sweep()
+        except Exception:
+            log.exception("[realtime] sweeping the spool failed")
+            return 0
+        finally:
+            if isinstance(message, SweepDue):
+                self.ticker.later(self.actor_ref, SweepDue(), self.every_s)
+
+    def _sweep(self) -> int:
+        spool = self.ingest.spool
+        pending = set(spool.accounts_with_pending())
+        for account_id in list(self.cursors):
+            if account_id not in pending or self.board.ingesting(account_id):
+                del self.cursors[account_id]  # done, or an actor reads it again
+        handed = 0
+        for account_id in sorted(pending):
+            if self.board.ingesting(account_id):
+                continue
+            count = 0
+            while rows := spool.pending(account_id, after_seq=self.cursors.get(account_id, 0), limit=ROWS_PER_STEP):
+                self.cursors[account_id] = rows[-1].seq
+                self.writer.tell(self.ingest.fold(account_id, rows).batch)
+                count += len(rows)
+            if count:
+                log.info("[realtime] accountId=%s swept=%d (events of an account no actor reads here)",
+                         account_id, count)
+                self.ingest.metrics.swept.inc(count)
+            handed += count
+        return handed

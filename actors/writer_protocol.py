@@ -1,0 +1,60 @@
+"""What the StoreWriterActor is told."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from wasync.runtime.account import AccountPatch
+from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, ThreadUpdate
+
+
+@dataclass(frozen=True)
+class IngestBatch:
+    """What a run of one account's spool rows became. `seqs` leave the spool once all of
+    it is stored (or quarantined, if the store refuses it for good)."""
+
+    account_id: str
+    seqs: tuple[int, ...] = ()
+    received_ms: tuple[int, ...] = ()  # per live message: event -> store latency
+    messages: tuple[Message, ...] = ()
+    receipts: tuple[Receipt, ...] = ()
+    edits: tuple[MessageEdit, ...] = ()
+    revokes: tuple[MessageRevoke, ...] = ()
+    threads: tuple[ThreadUpdate, ...] = ()
+    patch: Optional[AccountPatch] = None
+
+    @property
+    def ops(self) -> int:
+        return (len(self.messages) + len(self.receipts) + len(self.edits) + len(self.revokes) + len(self.threads)
+                + (1 if self.patch else 0))
+
+
+@dataclass(frozen=True)
+class AccountUpdate:
+    """A decision about an account to store (the supervisor's status and repair flags)."""
+
+    account_id: str
+    patch: AccountPatch
+
+
+@dataclass(frozen=True)
+class FlushDue:
+    """Ticker: time to write what waits (≈100 ms after the first batch, or a retry)."""
+
+
+@dataclass(frozen=True)
+class StoreFlushDue:
+    """Ticker: time to have the store write what it holds back (coalesced thread docs)."""
+
+
+@dataclass(frozen=True)
+class StoreAnswers:
+    """The store answered a ping again: retry now instead of at the end of the backoff."""
+
+
+@dataclass(frozen=True)
+class Drain:
+    """Ask (shutdown): flush now; answers True when nothing is left waiting."""
+
+
+WriterMsg = Union[IngestBatch, AccountUpdate, FlushDue, StoreFlushDue, StoreAnswers, Drain]

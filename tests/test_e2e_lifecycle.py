@@ -1,0 +1,139 @@
+"""Accounts coming and going, end to end: a real `wasync run` against a real `wasync sim`.
+
+- The owned set only moves forward: accounts added through the API while the daemon
+  reads its account list are started once and never stopped as "removed".
+- No spool row is stranded: after accounts are removed, taken over by another client,
+  logged out and moved away, the spool empties on its own, and a SIGTERM drains at once.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from daemonproc import DaemonProcess
+from simproc import SimProcess, wait_for
+
+pytestmark = pytest.mark.slow
+
+ALICE = "15552223333@s.whatsapp.net"
+
+
+def world_for(phones, seed=3) -> dict:
+    return {"seed": seed, "accounts": [
+        {"phone": p, "initialSyncPerChat": 3, "chats": [
+            {"jid": ALICE, "name": "Alice", "messages": [{"id": f"H{p[-5:]}", "ts": 1763900000, "text": "old"}]}]}
+        for p in phones]}
+
+
+def add(daemon: DaemonProcess, account_id: str, phone: str) -> None:
+    status, body = daemon.request("POST", "/api/whatsapp/accounts", {"accountId": account_id, "phone": phone})
+    assert status == 201, body
+
+
+def status_of(daemon: DaemonProcess, account_id: str) -> str:
+    return daemon.get(f"/api/whatsapp/accounts/{account_id}/health")[1]["status"]
+
+
+def spool_depth(daemon: DaemonProcess) -> int:
+    return daemon.get("/diag")[1]["spool"]["depth"]
+
+
+def test_accounts_added_while_the_list_is_read_start_once_and_stay(tmp_path):
+    phones = [f"1555004{i:04d}" for i in range(100)]
+    sim = SimProcess(world_for(phones), tmp_path / "sim", speed=1).start()
+    daemon = DaemonProcess(tmp_path / "daemon", {"WASYNC_TRANSPORT": sim.address,
+                                                 "WASYNC_MAX_STARTS_PER_SECOND": "50"}).start()
+    try:
+        def adder(chunk):
+            for i, phone in chunk:
+                add(daemon, f"f{i:03d}", phone)
+                time.sleep(0.01)  # spread over several reads of the account list
+
+        workers = [threading.Thread(target=adder, args=(list(enumerate(phones))[k::4],)) for k in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        wait_for(lambda: all(s["connected"] for s in (sim.stats()["accounts"][p] for p in phones)), 60,
+                 "every account connected")
+        time.sleep(3)  # a few more reads of the account list
+        stats = sim.stats()["accounts"]
+        opened = {p: stats[p]["connectionsOpened"] for p in phones}
+        extra = {p: n for p, n in opened.items() if n != 1}
+        log = daemon.log.read_text(errors="replace")
+        print(f"100 accounts added concurrently: {sum(opened.values())} connections, "
+              f"{log.count('stopped (removed)')} stopped as removed")
+        assert not extra, f"accounts connected more than once: {extra}"
+        assert "stopped (removed)" not in log
+    finally:
+        try:
+            assert daemon.stop() == 0
+        finally:
+            sim.stop()
+
+
+def test_no_row_is_stranded_when_accounts_go_and_sigterm_drains_at_once(tmp_path):
+    from wasync.runtime.transport.simulated import SimulatedTransport
+
+    cases = {"stay": "15550050001", "gone": "15550050002", "taken": "15550050003", "out": "15550050004",
+             "moved": "15550050005"}
+    sim = SimProcess(world_for(cases.values()), tmp_path / "sim", speed=1).start()
+    daemon = DaemonProcess(tmp_path / "daemon", {"WASYNC_TRANSPORT": sim.address}).start()
+    other = None
+    try:
+        for account_id, phone in cases.items():
+            add(daemon, account_id, phone)
+        for account_id in cases:
+            wait_for(lambda a=account_id: status_of(daemon, a) == "connected", 30, f"{account_id} connected")
+        wait_for(lambda: spool_depth(daemon) == 0, 15, "history stored")
+
+        # removed through the API: its session's last Disconnected is spooled as it stops
+        assert daemon.request("DELETE", "/api/whatsapp/accounts/gone")[0] == 200
+        # taken over by another client (StreamReplaced): held, not restarted
+        host, port = sim.address.removeprefix("sim://").split(":")
+        other = SimulatedTransport(host, int(port), tmp_path / "other-sessions")
+        intruder = other.open("intruder", cases["taken"], lambda kind, raw: None)
+        intruder.start()
+        # logged out from the phone: held for re-pairing
+        sim.inject({"account": cases["out"], "event": "logout", "reason": "LOGGED_OUT"})
+        # moved away: another owner switched it off here (what the lease coordinator will do)
+        store = sqlite3.connect(Path(daemon.env["WASYNC_DATA_DIR"]) / "wasync.db")
+        store.execute("UPDATE accounts SET doc = json_set(doc, '$.enabled', json('false')) "
+                      "WHERE account_id = 'moved'")
+        store.commit()
+        store.close()
+        # traffic for every one of them while they go
+        sim.inject(*({"account": p, "event": "message", "chat": ALICE, "text": f"bye {a}"}
+                     for a, p in cases.items()))
+
+        wait_for(lambda: status_of(daemon, "taken") == "disconnected" and status_of(daemon, "out") == "logged_out",
+                 20, "taken and out held")
+        wait_for(lambda: (lambda h: h if h["warning"] == "not running on this instance" else None)(
+            daemon.get("/api/whatsapp/accounts/moved/health")[1]), 20, "moved stopped here")
+        wait_for(lambda: status_of(daemon, "moved") == "disconnected", 10, "moved's stored status disconnected")
+        started = time.monotonic()
+        wait_for(lambda: spool_depth(daemon) == 0, 20, "the spool emptied on its own")
+        print(f"spool empty {time.monotonic() - started:.1f} s after the last change")
+        assert daemon.get("/metrics")[1].decode().count("wasync_spool_oldest_age_seconds 0.0") == 1
+
+        t0 = time.monotonic()
+        assert daemon.stop() == 0
+        drain_s = time.monotonic() - t0
+        log = daemon.log.read_text(errors="replace")
+        print(f"SIGTERM → exit {drain_s:.1f} s")
+        assert "shutting down: spool empty (0 events left" in log
+        assert drain_s < 5, f"drain took {drain_s:.1f} s"
+        from wasync.runtime.spool import Spool
+
+        spool = Spool(Path(daemon.env["WASYNC_DATA_DIR"]) / "spool.db")
+        assert spool.depth() == 0 and spool.quarantined() == []
+        spool.close()
+    finally:
+        if other is not None:
+            other.close()
+        daemon.kill()
+        sim.stop()

@@ -1,0 +1,124 @@
+"""StoreWriterActor on a real SQLite store and spool, its timers on a FakeTicker: when it
+flushes, what it does while the store is down, and that one account whose data the store
+refuses never blocks the others."""
+from __future__ import annotations
+
+import sqlite3
+
+import pykka
+import pytest
+from pykka.messages import ProxyGetAttr
+
+from store_fixtures import msg
+from wasync.actors.writer import StoreWriterActor
+from wasync.actors.writer_protocol import AccountUpdate, Drain, IngestBatch, StoreAnswers
+from wasync.runtime.account import AccountPatch
+from wasync.runtime.board import Board
+from wasync.runtime.clock import FakeClock
+from wasync.runtime.metrics import Metrics
+from wasync.runtime.model import AccountStatus
+from wasync.runtime.spool import Spool
+from wasync.runtime.store.sqlite import SqliteStore
+from wasync.runtime.ticker import FakeTicker
+
+CHAT = "15552223333@s.whatsapp.net"
+
+
+class Rig:
+    def __init__(self, tmp_path):
+        self.clock = FakeClock()
+        self.ticker = FakeTicker(self.clock)
+        self.store = SqliteStore(tmp_path / "store.db", busy_timeout_ms=50)
+        self.spool = Spool(tmp_path / "spool.db")
+        self.board, self.metrics = Board("i1", "sqlite", self.clock), Metrics()
+        self.rejected = []
+        self.writer = StoreWriterActor.start(self.store, self.spool, self.board, self.metrics, self.clock,
+                                             self.ticker, on_rejected=self.rejected.append)
+
+    def batch(self, account_id, *messages, patch=None) -> IngestBatch:
+        """Spool rows for `messages` and the batch their fold would make."""
+        seqs = tuple(self.spool.append(account_id, "Message", b"raw") for _ in messages) or (
+            self.spool.append(account_id, "Connected", b""),)
+        return IngestBatch(account_id, seqs, messages=tuple(messages), patch=patch)
+
+    def tell(self, *items) -> None:
+        for item in items:
+            self.writer.tell(item)
+        self.writer.ask(ProxyGetAttr(attr_path=("actor_urn",)))  # handled
+
+    def stored(self, account_id, message_id):
+        return self.store.get_message(account_id, CHAT, message_id)
+
+    def close(self):
+        pykka.ActorRegistry.stop_all(timeout=10)
+        self.store.close()
+        self.spool.close()
+
+
+@pytest.fixture
+def rig(tmp_path):
+    r = Rig(tmp_path)
+    yield r
+    r.close()
+
+
+def test_a_batch_is_written_100_ms_after_it_arrived_and_its_rows_leave_the_spool(rig):
+    rig.tell(rig.batch("a1", msg(id="M1", account="a1")))
+    rig.ticker.advance(0.099)
+    assert rig.stored("a1", "M1") is None and rig.spool.depth() == 1
+    rig.ticker.advance(0.001)
+    assert rig.stored("a1", "M1")["body"] == "hi" and rig.spool.depth() == 0
+    assert rig.board.store_health().connected
+
+
+def test_500_operations_are_written_at_once(rig):
+    rig.tell(rig.batch("a1", *(msg(id=f"B{n}", account="a1") for n in range(500))))
+    assert rig.stored("a1", "B499") is not None  # no timer needed
+    assert rig.metrics.flush_batch._sum.get() == 500
+
+
+def test_a_store_outage_keeps_everything_and_retries_with_backoff(rig, tmp_path):
+    rig.store.create_account("a1", None, rig.clock.wall_ms())
+    blocker = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # another process holds the file: every write fails
+    rig.tell(rig.batch("a1", msg(id="W1", account="a1")),
+             AccountUpdate("a1", AccountPatch(status=AccountStatus.CONNECTED)))
+    rig.ticker.advance(0.1)
+    health = rig.board.store_health()
+    assert not health.connected and "locked" in health.last_error
+    assert rig.spool.depth() == 1 and rig.metrics.store_errors.labels(op="messages")._value.get() == 1
+    rig.ticker.advance(0.25)  # first retry after 0.2 s ±20 %: still locked
+    assert rig.metrics.store_errors.labels(op="messages")._value.get() == 2
+    rig.ticker.advance(0.5)  # second retry after 0.4 s ±20 %
+    assert rig.metrics.store_errors.labels(op="messages")._value.get() == 3
+    blocker.execute("ROLLBACK")
+    rig.tell(StoreAnswers())  # the monitor saw the store back: no waiting out the backoff
+    assert rig.stored("a1", "W1") is not None and rig.spool.depth() == 0
+    assert rig.store.get_account("a1")["status"] == "connected"
+    assert rig.board.store_health().connected and rig.rejected == []
+
+
+def test_an_account_the_store_refuses_is_quarantined_and_the_others_go_through(rig):
+    good_a = rig.batch("a1", msg(id="G1", account="a1"))
+    bad = rig.batch("bad", msg(id="X1", account="bad"), msg(id="X2", account="bad", ts=10 ** 17))  # year 3e6
+    good_b = rig.batch("a2", msg(id="G2", account="a2"))
+    rig.tell(good_a, bad, good_b)
+    rig.ticker.advance(0.1)
+    assert rig.stored("a1", "G1") is not None and rig.stored("a2", "G2") is not None
+    assert rig.spool.depth() == 0
+    quarantined = rig.spool.quarantined("bad")
+    assert [seq for seq, _, _ in quarantined] == list(bad.seqs)
+    assert all(reason.startswith("store refused: ") and "year" in reason for _, _, reason in quarantined)
+    (rejection,) = rig.rejected
+    assert rejection.account_id == "bad" and rejection.rows == 2 and "year" in rejection.reason
+    assert rig.metrics.store_rejected.labels(reason="ValueError")._value.get() == 1
+    assert rig.board.store_health().connected  # the store itself is fine
+    rig.tell(rig.batch("bad", msg(id="X3", account="bad")))  # later writes of that account are fine again
+    rig.ticker.advance(0.1)
+    assert rig.stored("bad", "X3") is not None
+
+
+def test_drain_flushes_now(rig):
+    rig.tell(rig.batch("a1", msg(id="D1", account="a1")))
+    assert rig.writer.ask(Drain()) is True
+    assert rig.stored("a1", "D1") is not None and rig.spool.depth() == 0
