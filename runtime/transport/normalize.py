@@ -63,10 +63,25 @@ def event_kind(event: PbMessage) -> str:
 
 
 def normalize(account_id: str, kind: str, raw: bytes) -> list[m.NormalizedEvent]:
-    """What one raw neonize event means. Raises NormalizeError for unparsable bytes."""
+    """What one raw neonize event means. Raises NormalizeError for anything it cannot read:
+    the caller quarantines that one event with the reason and goes on."""
     if kind not in EVENT_KINDS:
         return [m.Ignored(account_id, reason=f"unknown_event:{kind}")]
     event = _parse(kind, raw)
+    try:
+        try:
+            events = _meaning(account_id, kind, event)
+            if not _undecoded(events):
+                return events
+        except TypeError:
+            pass  # a reader tripped over text that came back as bytes: decode it, read again
+        repair_text(event)
+        return _meaning(account_id, kind, event)
+    except Exception as exc:  # a value no reader expected: this event, not the account, is the problem
+        raise NormalizeError(f"neonize.{kind} could not be read: {type(exc).__name__}: {exc}") from exc
+
+
+def _meaning(account_id: str, kind: str, event: PbMessage) -> list[m.NormalizedEvent]:
     if kind == "Message":
         return [message_from_event(account_id, event)]
     if kind == "HistorySync":
@@ -86,14 +101,62 @@ def _parse(kind: str, raw: bytes) -> PbMessage:
         raise NormalizeError(f"{size} bytes do not parse as neonize.{kind}: {exc}") from exc
 
 
+# --- text that is not UTF-8 --------------------------------------------------------
+# Go lets any bytes into a proto2 string field, and the Python parser hands such a field
+# back as bytes instead of str. Left alone, a body would be stored as b'...' (or the
+# store would refuse a whole history chunk for one message); instead the text is
+# decoded with U+FFFD where it is not UTF-8, as WhatsApp clients show it.
+
+
+def _undecoded(events: list[m.NormalizedEvent]) -> bool:
+    for event in events:
+        values = (event.messages + event.threads) if isinstance(event, m.HistoryBatch) else (event,)
+        for value in values:
+            for v in value.__dict__.values():  # hot under history sync: kept lean
+                t = type(v)
+                if t is bytes or (t is tuple and bytes in map(type, v)):
+                    return True
+    return False
+
+
+def repair_text(msg: PbMessage) -> None:
+    """Decode, in place, every string field of `msg` (nested too) that parsed as bytes."""
+    for field, value in msg.ListFields():
+        repeated = field.is_repeated
+        if field.type == field.TYPE_MESSAGE:
+            if field.message_type.GetOptions().map_entry:
+                values = value.values()
+                if field.message_type.fields_by_name["value"].type != field.TYPE_MESSAGE:
+                    continue  # map<string, scalar>: not in neonize's events
+            else:
+                values = value if repeated else (value,)
+            for item in values:
+                repair_text(item)
+        elif field.type == field.TYPE_STRING:
+            if repeated:
+                if any(isinstance(v, bytes) for v in value):
+                    fixed = [_text(v) for v in value]
+                    del value[:]
+                    value.extend(fixed)
+            elif isinstance(value, bytes):
+                setattr(msg, field.name, _text(value))
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
 # --- JIDs -------------------------------------------------------------------------
 
 
 def jid_str(jid: npb.JID) -> Optional[str]:
     """The "user@server" form of a neonize JID (device dropped); None if empty."""
-    if not jid.Server:
+    user, server = jid.User, jid.Server
+    if not isinstance(user, str) or not isinstance(server, str):
+        raise TypeError("JID text is not UTF-8")  # normalize() decodes it and reads again
+    if not server:
         return None
-    return f"{jid.User}@{jid.Server}" if jid.User else jid.Server
+    return f"{user}@{server}" if user else server
 
 
 def bare_jid(jid: Optional[str]) -> Optional[str]:
