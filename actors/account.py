@@ -89,8 +89,10 @@ class AccountActor(pykka.ThreadingActor):
             spool.append(account_id, kind, raw)
             metrics.event_to_spool.observe(clock.monotonic_s() - started)
             metrics.events.labels(kind=kind).inc()
-            if ref.is_alive():
+            try:
                 ref.tell(Wake())
+            except pykka.ActorDeadError:
+                pass  # stored all the same: the next actor, or the sweeper, takes it
 
         try:
             phone = self.facts.phone
@@ -131,6 +133,8 @@ class AccountActor(pykka.ThreadingActor):
     def on_receive(self, message: AccountMsg):
         if self.slot.killed:
             # Replaced while stuck in a handler: the new actor owns the account now.
+            if isinstance(message, PairPhone):
+                fail(message.reply, NotConnected(f"account {self.account_id} is restarting"))
             self.actor_ref.stop(block=False)
             return None
         try:
@@ -142,6 +146,7 @@ class AccountActor(pykka.ThreadingActor):
                 case StopSession():
                     self._stop_session()  # shutdown: no new events, but keep draining the spool
                     self._drain_all()
+                    self._tell_supervisor(sp.Facts(self.facts))  # disconnected: its status says so
                     self._tell_supervisor(sp.SessionStopped(self.account_id, self.generation))
                 case PairPhone(phone=phone, reply=reply):
                     self._pair_phone(phone, reply)
@@ -159,9 +164,11 @@ class AccountActor(pykka.ThreadingActor):
             fail(reply, NotConnected(f"account {self.account_id} has no session"))
             return
 
-        def done(call) -> None:
-            exc = call.exception()
-            fail(reply, exc) if exc is not None else answer(reply, call.result())
+        def done(call) -> None:  # on the call's thread: only the reply is touched
+            if call.exception() is not None:
+                fail(reply, call.exception())
+            else:
+                answer(reply, call.result())
 
         self.deps.calls.submit(session.pair_phone, phone).add_done_callback(done)
 
@@ -181,13 +188,14 @@ class AccountActor(pykka.ThreadingActor):
         self._report(error)
 
     def _stop_session(self) -> None:
-        session = self.slot.take()
+        session = self.slot.current()
         if session is None:
             return
         try:
             session.stop()
         except Exception:
             log.exception("[realtime] accountId=%s session did not stop cleanly", self.account_id)
+        self.slot.release(session)
         self.facts = replace(self.facts, link=Link.DISCONNECTED, qr_code=None)
         self._publish()
 
@@ -202,7 +210,9 @@ class AccountActor(pykka.ThreadingActor):
 
     # --- the inbox ---------------------------------------------------------------------
 
-    def _drain(self) -> int:
+    def _drain(self, more_later: bool = True) -> int:
+        """Hand the next rows to the writer; with `more_later`, a full page asks for more
+        with a Wake, so probes get answered between pages of a burst."""
         rows = self.spool.pending(self.account_id, after_seq=self.cursor, limit=DRAIN_ROWS)
         if not rows:
             return 0
@@ -214,12 +224,13 @@ class AccountActor(pykka.ThreadingActor):
         self._publish()
         if self._bears_on_health(before, folded):
             self._tell_supervisor(sp.Facts(self.facts))  # may change its status: say so now
-        if len(rows) == DRAIN_ROWS:
+        if more_later and len(rows) == DRAIN_ROWS:
             self.actor_ref.tell(Wake())
         return len(rows)
 
     def _drain_all(self) -> None:
-        while self._drain() == DRAIN_ROWS:
+        """Every row, now (the session is stopped; the actor may be stopping already)."""
+        while self._drain(more_later=False) == DRAIN_ROWS:
             pass
 
     def _bears_on_health(self, before: AccountFacts, folded: Folded) -> bool:
@@ -239,13 +250,14 @@ class AccountActor(pykka.ThreadingActor):
             log.info("[realtime] accountId=%s real=%d protocol=%d", self.account_id, folded.real, folded.protocol)
 
     def _observe(self, event: m.NormalizedEvent, row: SpoolRow) -> None:
-        """Move the facts; tell the supervisor what it must act on."""
-        now = self.deps.clock.wall_ms()
+        """Move the facts; tell the supervisor what it must act on. Times are when the row
+        arrived: a replayed backlog keeps its spacing and counts for the session it came in."""
+        now = row.received_at_ms
         f = self.facts
         match event:
             case m.Message():
                 f = replace(f, last_real_message_ms=now, real_messages=f.real_messages + 1,
-                            realtime_ingest_ms=now, realtime_message_ms=event.ts_client_ms)
+                            realtime_ingest_ms=self.deps.clock.wall_ms(), realtime_message_ms=event.ts_client_ms)
                 f = self._streak_ended(f)
             case m.ProtocolMessage():
                 start, beats, self._beat_ms = protocol_streak(

@@ -7,17 +7,20 @@ actor, never liveness checks), one read at a time and at least every READ_EVERY_
 owned set only moves forward: each read starts after the previous one has ended and
 only its differences are told, so an older read can never undo a newer one (an account
 added a moment ago is never stopped as "removed" by a read that began before it was
-added). A failed read changes nothing.
+added). A failed read changes nothing. The owned set is also published on the board,
+where the sweeper reads which accounts it must leave to an actor.
 """
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import pykka
 
 from wasync.actors.ownership_protocol import OwnershipMsg, ReadDue, Refresh
 from wasync.actors.supervisor_protocol import Lost, Owned
 from wasync.runtime.account import AccountRecord
+from wasync.runtime.board import Board
 from wasync.runtime.clock import Clock
 from wasync.runtime.ticker import Timers
 
@@ -27,12 +30,13 @@ READ_EVERY_S = 2.0
 
 
 class OwnershipActor(pykka.ThreadingActor):
-    def __init__(self, store, supervisor: pykka.ActorRef, ticker: Timers, clock: Clock,
+    def __init__(self, store, supervisor: pykka.ActorRef, board: Board, ticker: Timers, clock: Clock,
                  read_every_s: float = READ_EVERY_S):
         super().__init__()
-        self.store, self.supervisor, self.ticker, self.clock = store, supervisor, ticker, clock
+        self.store, self.supervisor, self.board, self.ticker, self.clock = store, supervisor, board, ticker, clock
         self.read_every_s = read_every_s
         self.owned: dict[str, AccountRecord] = {}
+        self.board_owned: Optional[frozenset[str]] = None
         self._last_read_started_s = float("-inf")
         self._failing = False
 
@@ -62,9 +66,13 @@ class OwnershipActor(pykka.ThreadingActor):
             log.info("[supervisor] the account list can be read again")
         self._failing = False
         wanted = {r.account_id: r for r in records if r.enabled}
+        disabled = {r.account_id for r in records if not r.enabled}
+        if self.board_owned != wanted.keys():
+            self.board_owned = frozenset(wanted)
+            self.board.publish_owned(self.board_owned)  # first: the sweeper leaves these alone
         for account_id in sorted(self.owned.keys() - wanted.keys()):
             del self.owned[account_id]
-            self.supervisor.tell(Lost(account_id, "removed"))
+            self.supervisor.tell(Lost(account_id, "disabled" if account_id in disabled else "removed"))
         for account_id in sorted(wanted.keys() - self.owned.keys()):
             self.owned[account_id] = wanted[account_id]
             self.supervisor.tell(Owned(wanted[account_id]))

@@ -34,14 +34,18 @@ class SessionSlot:
         with self._lock:
             return self._session
 
-    def take(self):
+    def release(self, session) -> None:
+        """The owner stopped `session`: only now does it leave the slot, so a supervisor that
+        abandons the owner mid-stop still finds it, and waits for it, before a new session."""
         with self._lock:
-            session, self._session = self._session, None
-            return session
+            if self._session is session:
+                self._session = None
 
     def kill(self, on_stopped: Callable[[], None] = lambda: None) -> None:
         """Refuse new sessions and stop the current one on a thread of its own;
-        `on_stopped` runs there once it has stopped (at once if there is none)."""
+        `on_stopped` runs there once it has stopped (at once if there is none). A session
+        its owner is stopping already is stopped again: both transports' stop() waits for
+        the same end, so `on_stopped` never comes before the session is gone."""
         with self._lock:
             self.killed = True
             session, self._session = self._session, None

@@ -25,6 +25,7 @@ at once. Timers go through the ticker (one heap for every pending start).
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from typing import Callable, Optional
@@ -68,6 +69,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self.ticker, self.clock, self.alerts, self.policy = ticker, clock, alerts, policy
         self.rand = rand or random.Random()
         self.watches: dict[str, Watch] = {}
+        self._generations = itertools.count(1)
         self.closing = False
         self._sessions_left: set[tuple[str, int]] = set()  # shutdown: children still stopping their session
         self._sessions_reply: Optional[Reply] = None
@@ -173,20 +175,18 @@ class SupervisorActor(pykka.ThreadingActor):
         w.owned, w.start_due = False, False
         w.token += 1
         self._stop_child(w)
-        if w.stored_status is not S.DISCONNECTED:
-            # Nobody runs it here any more; a removed account stays removed (the store
-            # ignores updates of missing accounts), a moved one gets its owner's next status.
-            self.writer.tell(AccountUpdate(account_id, AccountPatch(status=S.DISCONNECTED)))
-            w.stored_status = S.DISCONNECTED
-        w.published = None
-        self.board.drop_account(account_id)
+        # Shown (and stored) as disconnected while its actor stops; gone from the board after.
+        # A removed account stays removed: the store ignores updates of missing accounts.
+        w.status, w.is_degraded, w.warning = S.DISCONNECTED, False, f"stopping here ({reason})"
         self.alerts.clear(account_id)
         log.info("[supervisor] accountId=%s stopped (%s)", account_id, reason)
+        self._publish(w)
         self._forget_if_gone(w)
 
     def _forget_if_gone(self, w: Watch) -> None:
         if not w.owned and w.child is None and not w.stopping:
             self.watches.pop(w.account_id, None)
+            self.board.drop_account(w.account_id)
 
     # --- starts and stops ----------------------------------------------------------------
 
@@ -210,8 +210,10 @@ class SupervisorActor(pykka.ThreadingActor):
             self._start(w)
 
     def _start(self, w: Watch) -> None:
-        w.start_due, w.probe_sent_s = False, None
-        w.generation += 1
+        w.start_due, w.probe_sent_s, w.rejection = False, None, None
+        # Unique across the supervisor's life, not per watch: a zombie of an account that
+        # was removed and added again can never pass for the new actor.
+        w.generation = next(self._generations)
         w.status, w.is_degraded, w.warning = S.CONNECTING, False, None
         self._publish(w)  # first: the new actor's facts count from its first publish
         slot = SessionSlot(w.account_id)
@@ -265,11 +267,10 @@ class SupervisorActor(pykka.ThreadingActor):
             self._after_stop(w)
 
     def _after_stop(self, w: Watch) -> None:
-        if not w.stopping and w.start_due:
+        if not w.stopping and w.start_due and w.owned and w.hold is None and not self.closing:
             self._start(w)
+        self._publish(w)
         self._forget_if_gone(w)
-        if w.owned:
-            self._publish(w)
 
     # --- liveness ------------------------------------------------------------------------
 
@@ -389,8 +390,9 @@ class SupervisorActor(pykka.ThreadingActor):
         log.error("[supervisor] accountId=%s the store refused %d events for good (%s); they are quarantined",
                   rejected.account_id, rejected.rows, rejected.reason)
         w = self.watches.get(rejected.account_id)
-        if w is not None and w.owned:
-            w.warning = f"the store refused {rejected.rows} events (quarantined): {rejected.reason}"
+        if w is not None:
+            w.rejection = f"the store refused {rejected.rows} events (quarantined): {rejected.reason}"
+            w.stored_status = None  # the refused write may have carried a status: write it again
             self._publish(w)
 
     # --- decisions -----------------------------------------------------------------------
@@ -469,7 +471,7 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def _publish(self, w: Watch) -> None:
         """The decisions, to the board (readers) and, when the status moved, to the store."""
-        decided = w.supervision()
+        decided = w.supervision(self.closing)
         if decided != w.published:
             w.published = decided
             self.board.publish_supervision(decided)
@@ -484,9 +486,10 @@ class SupervisorActor(pykka.ThreadingActor):
         its rows over, then reports SessionStopped. `reply` is set when all have."""
         self.closing = True
         for w in self.watches.values():
-            w.token += 1
+            w.token, w.start_due = w.token + 1, False
             if w.child is not None and _tell(w.child.ref, StopSession()):
                 self._sessions_left.add((w.account_id, w.child.generation))
+            self._publish(w)  # nothing starts any more: the sweeper takes rows of accounts without an actor
         self._sessions_reply = reply
         self._answer_when_sessions_stopped()
 

@@ -125,7 +125,6 @@ class WriteRejected:
     account_id: str
     reason: str
     rows: int
-    stale_fence: bool = False
 
 
 # --- from the control facade and the daemon --------------------------------------------------

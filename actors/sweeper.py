@@ -73,8 +73,8 @@ class SweeperActor(pykka.ThreadingActor):
                 continue
             count = 0
             while rows := spool.pending(account_id, after_seq=self.cursors.get(account_id, 0), limit=ROWS_PER_STEP):
-                self.cursors[account_id] = rows[-1].seq
                 self.writer.tell(self.ingest.fold(account_id, rows).batch)
+                self.cursors[account_id] = rows[-1].seq  # handed over: not again while the writer has them
                 count += len(rows)
             if count:
                 log.info("[realtime] accountId=%s swept=%d (events of an account no actor reads here)",

@@ -69,11 +69,15 @@ class Watch:
     is_degraded: bool = False
     warning: Optional[str] = None
     stored_status: Optional[S] = None  # the status last written to the store
+    rejection: Optional[str] = None  # the store refused some of its writes (until the next start)
     published: Optional[Supervision] = None
 
-    def supervision(self) -> Supervision:
-        """The decisions as the board shows them."""
+    def supervision(self, closing: bool) -> Supervision:
+        """The decisions as the board shows them. Its spool rows are read by an actor here
+        while one runs or stops, or will start (owned, not held, not shutting down)."""
         return Supervision(
             self.account_id, self.status, generation=self.generation, running=self.child is not None,
-            ingesting=self.child is not None or bool(self.stopping) or (self.owned and self.hold is None),
-            is_degraded=self.is_degraded, warning=self.warning, repair=self.repair, restarts=self.restart_total)
+            ingesting=(self.child is not None or bool(self.stopping)
+                       or (self.owned and self.hold is None and not closing)),
+            is_degraded=self.is_degraded, warning="; ".join(filter(None, (self.warning, self.rejection))) or None,
+            repair=self.repair, restarts=self.restart_total)

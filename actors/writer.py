@@ -8,16 +8,17 @@ Errors are sorted, so that one account never blocks the others:
 - the store is unavailable (StoreError): everything is kept (here and in the spool) and
   retried with the daemon's one backoff rule; the store monitor cuts the wait short
   once the store answers again;
-- the store refuses one account's data for good (Refused: bad data, a stale fence), or
-  writing it raises something unexpected: the flush is retried account by account, and
-  the account whose writes fail has its rows quarantined with the reason and the
-  supervisor told; every other account's writes go through.
+- the store refuses some data for good (Refused: bad data, a stale fence), or writing it
+  raises something unexpected: the flush is retried one batch at a time (in order per
+  account), and a batch that fails has its rows quarantined with the reason and the
+  supervisor told; every other batch goes through. If nothing at all can be written
+  and nothing was refused, the trouble is not in the data: everything is kept and
+  retried, nothing quarantined.
 """
 from __future__ import annotations
 
 import logging
 import random
-from collections import defaultdict
 from typing import Callable, Optional, Union
 
 import pykka
@@ -51,6 +52,10 @@ def _ops(item: Work) -> int:
     return max(1, item.ops) if isinstance(item, IngestBatch) else 1
 
 
+def _seqs(items: list[Work]) -> list[int]:
+    return [seq for item in items if isinstance(item, IngestBatch) for seq in item.seqs]
+
+
 class StoreWriterActor(pykka.ThreadingActor):
     def __init__(self, store, spool: Spool, board: Board, metrics: Metrics, clock: Clock, ticker: Timers, *,
                  on_rejected: Callable[[WriteRejected], None] = lambda rejected: None,
@@ -61,13 +66,14 @@ class StoreWriterActor(pykka.ThreadingActor):
         self.retry, self.rand = retry, rand or random.Random()
         self._waiting: list[Work] = []
         self._ops = 0
-        self._timer: Optional[Timer] = None
-        self._failures = 0  # flushes failed in a row (the backoff's attempt)
+        self._timer: Optional[Timer] = None  # the next flush: ~100 ms after a batch, or a retry
+        self._failures = 0  # flushes failed in a row; while > 0 a retry timer is always set
         self._failing_since: Optional[float] = None
         # Spool rows whose writes returned, but whose thread documents the store may still
         # hold back: done only after the next `store.flush()` (at most every STORE_FLUSH_S).
         self._unflushed: list[int] = []
         self._store_timer: Optional[Timer] = None
+        self._store_failures = 0  # store.flush() failed in a row (its own retry timer)
         self._store_flushed_at: Optional[float] = None
 
     def on_receive(self, message: WriterMsg):
@@ -82,13 +88,14 @@ class StoreWriterActor(pykka.ThreadingActor):
                     self._store_timer = None
                     self._flush_store()
                 case StoreAnswers():
-                    if self._failing_since is not None:
+                    if self._failures:
                         self._flush()
+                    if self._store_failures:
                         self._flush_store()
                 case Drain():
                     return self._drain()
         except Exception:
-            # Never let the writer die: keep what waits, count, retry later.
+            # Never let the writer die: what waits is kept (see _flush), count, retry later.
             log.exception("[realtime] writer: unexpected error; retrying")
             self.metrics.actor_failures.labels(actor="writer").inc()
             self._later(self.retry.delay_s(self._failures, self.rand))
@@ -102,8 +109,8 @@ class StoreWriterActor(pykka.ThreadingActor):
     def _take(self, item: Work) -> None:
         self._waiting.append(item)
         self._ops += _ops(item)
-        if self._failing_since is not None:
-            return  # the retry timer is set; the store is down
+        if self._failures:
+            return  # the store is failing: the retry timer is set
         if self._ops >= FLUSH_OPS:
             self._flush()
         elif self._timer is None:
@@ -130,50 +137,69 @@ class StoreWriterActor(pykka.ThreadingActor):
         items, self._waiting, self._ops = self._waiting, [], 0
         started = self.clock.monotonic_s()
         try:
+            done, kept, trouble = self._write_all(items)
+        except BaseException:
+            self._keep(items)  # whatever broke, nothing that waited is dropped
+            raise
+        if kept:
+            self._failed(kept, trouble, started)
+        if done:
+            self._succeeded(done, started)
+
+    def _write_all(self, items: list[Work]) -> tuple[list[Work], list[Work], Optional[Exception]]:
+        """(written, kept for a retry, why they were kept)."""
+        try:
             self._write(items)
-            done = items
+            return items, [], None
         except Exception as exc:
             if _retryable(exc):
-                self._failed(items, exc, started)
-                return
-            log.warning("[realtime] store refused a flush (%s): writing account by account", _describe(exc))
-            done, kept, unavailable = self._write_each_account(items)
-            if kept:
-                self._failed(kept, unavailable, started)
-                if not done:
-                    return
-        self._succeeded(done, started)
+                return [], items, exc
+            log.warning("[realtime] a flush failed (%s): writing it one batch at a time", _describe(exc))
+        return self._write_one_by_one(items)
 
-    def _write_each_account(self, items: list[Work]) -> tuple[list[Work], list[Work], Optional[Exception]]:
-        """Isolate the accounts whose writes are refused (their rows are quarantined):
-        (written, kept for a retry, why those were kept)."""
-        by_account: dict[str, list[Work]] = defaultdict(list)
-        for item in items:
-            by_account[item.account_id].append(item)
+    def _write_one_by_one(self, items: list[Work]) -> tuple[list[Work], list[Work], Optional[Exception]]:
+        """Find the batches that cannot be written. In order per account: once one of an
+        account's batches must be retried, its later ones wait with it."""
         done: list[Work] = []
         kept: list[Work] = []
-        unavailable: Optional[Exception] = None
-        for account_id, group in by_account.items():
+        failed: list[tuple[Work, Exception]] = []
+        held: set[str] = set()
+        for item in items:
+            if item.account_id in held:
+                kept.append(item)
+                continue
             try:
-                self._write(group)
-                done.extend(group)
+                self._write([item])
+                done.append(item)
             except Exception as exc:
                 if _retryable(exc):
-                    kept.extend(group)
-                    unavailable = exc
+                    held.add(item.account_id)
+                    kept.append(item)
                 else:
-                    self._reject(account_id, group, exc)
-        return done, kept, unavailable
+                    failed.append((item, exc))
+        refused = [(item, exc) for item, exc in failed if isinstance(exc, Refused)]
+        if failed and not done and not refused:
+            # Every batch fails, and not because the store refuses the data: the trouble is
+            # here or in the store, not in any account's data. Quarantine nothing.
+            log.error("[realtime] every batch of a flush failed unexpectedly (%s); keeping them all",
+                      _describe(failed[0][1]))
+            return [], items, failed[0][1]
+        for item, exc in failed:
+            self._reject(item, exc)
+        return done, kept, next((exc for _, exc in failed), None) if kept else None
 
-    def _reject(self, account_id: str, group: list[Work], exc: Exception) -> None:
-        seqs = [seq for item in group if isinstance(item, IngestBatch) for seq in item.seqs]
+    def _reject(self, item: Work, exc: Exception) -> None:
+        seqs = _seqs([item])
         reason = _describe(exc)
-        log.error("[realtime] accountId=%s the store refused its writes for good (%s): %d events quarantined",
-                  account_id, reason, len(seqs), exc_info=not isinstance(exc, Refused))
+        log.error("[realtime] accountId=%s the store refused a write for good (%s): %d events quarantined",
+                  item.account_id, reason, len(seqs), exc_info=not isinstance(exc, Refused))
         self.spool.quarantine(seqs, f"store refused: {reason}")
         self.metrics.store_rejected.labels(reason=type(exc).__name__).inc()
         self.metrics.quarantined.inc(len(seqs))
-        self.on_rejected(WriteRejected(account_id, reason, len(seqs)))
+        try:
+            self.on_rejected(WriteRejected(item.account_id, reason, len(seqs)))
+        except pykka.ActorDeadError:
+            pass  # shutting down
 
     def _write(self, items: list[Work]) -> None:
         now_ms = self.clock.wall_ms()
@@ -204,9 +230,12 @@ class StoreWriterActor(pykka.ThreadingActor):
             self.metrics.store_errors.labels(op=op).inc()
             raise
 
-    def _failed(self, items: list[Work], exc: Exception, started: float) -> None:
+    def _keep(self, items: list[Work]) -> None:
         self._waiting = items + self._waiting
         self._ops = sum(_ops(item) for item in self._waiting)
+
+    def _failed(self, items: list[Work], exc: Exception, started: float) -> None:
+        self._keep(items)
         self.board.publish_writes(False, _describe(exc))
         if self._failing_since is None:
             self._failing_since = started
@@ -217,7 +246,7 @@ class StoreWriterActor(pykka.ThreadingActor):
         self._later(delay)
 
     def _succeeded(self, items: list[Work], started: float) -> None:
-        self._unflushed.extend(seq for item in items if isinstance(item, IngestBatch) for seq in item.seqs)
+        self._unflushed.extend(_seqs(items))
         done_ms = self.clock.wall_ms()
         self.metrics.flush_seconds.observe(self.clock.monotonic_s() - started)
         self.metrics.flush_batch.observe(sum(_ops(item) for item in items))
@@ -226,14 +255,12 @@ class StoreWriterActor(pykka.ThreadingActor):
                 for received in item.received_ms:
                     self.metrics.event_to_store.observe(max(0, done_ms - received) / 1000)
         if not self._waiting:
-            self._recovered(started)
+            if self._failing_since is not None:
+                log.info("[realtime] store writes recovered after %.1fs", started - self._failing_since)
+            self._failing_since, self._failures = None, 0
+            if not self._store_failures:
+                self.board.publish_writes(True)
         self._flush_store_soon()
-
-    def _recovered(self, started: float) -> None:
-        self.board.publish_writes(True)
-        if self._failing_since is not None:
-            log.info("[realtime] store writes recovered after %.1fs", started - self._failing_since)
-        self._failing_since, self._failures = None, 0
 
     # --- what the store holds back -----------------------------------------------------------
 
@@ -261,10 +288,8 @@ class StoreWriterActor(pykka.ThreadingActor):
         except Exception as exc:
             self.metrics.store_errors.labels(op="threads").inc()
             self.board.publish_writes(False, _describe(exc))
-            if self._failing_since is None:
-                self._failing_since = self.clock.monotonic_s()
-            delay = self.retry.delay_s(self._failures, self.rand)
-            self._failures += 1
+            delay = self.retry.delay_s(self._store_failures, self.rand)
+            self._store_failures += 1
             log.warning("[realtime] store flush failed: %s; %d events kept, retry in %.1fs",
                         exc, len(self._unflushed), delay)
             if self._store_timer is not None:
@@ -272,10 +297,13 @@ class StoreWriterActor(pykka.ThreadingActor):
             self._store_timer = self.ticker.later(self.actor_ref, StoreFlushDue(), delay)
             return
         self._store_flushed_at = self.clock.monotonic_s()
-        if not self._waiting:
-            self._recovered(self._store_flushed_at)
-        seqs, self._unflushed = self._unflushed, []
-        self.spool.done(seqs)
+        if self._store_failures:
+            log.info("[realtime] the store wrote what it held back after %d failed attempts", self._store_failures)
+            self._store_failures = 0
+            if not self._failures:
+                self.board.publish_writes(True)
+        self.spool.done(self._unflushed)  # first: if it fails, the rows stay ours to retry
+        self._unflushed = []
 
 
 def _retryable(exc: BaseException) -> bool:

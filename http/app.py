@@ -43,7 +43,7 @@ log = logging.getLogger("wasync.http")
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/diag", "/metrics"})
 ADMIN_TIMEOUT_S = 5.0  # how long an admin request waits for the daemon
 MAX_BODY_BYTES = 64 * 1024  # admin bodies are tiny; refuse anything bigger early
-BRIDGE_WORKERS = 4
+BRIDGE_WORKERS = 8  # a few slow calls (pairing by code) must not hold every admin request
 
 # Accept a caller's id only if it is short and harmless in a log line.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")

@@ -61,10 +61,11 @@ def error_response(status: int, code: str, message: str, headers: Optional[dict]
     return json_response(body, status=status, headers=headers)
 
 
-async def call_daemon(request: web.Request, fn, *args: Any) -> Any:
-    """Run a blocking DaemonControl method through the bridge (own executor, timeout)."""
+async def call_daemon(request: web.Request, fn, *args: Any, timeout_s: Optional[float] = None) -> Any:
+    """Run a blocking DaemonControl method through the bridge (own executor; the app's
+    admin timeout unless the route knows its call takes longer)."""
     app = request.app
-    return await bridge.ask(app[EXECUTOR], fn, *args, timeout_s=app[TIMEOUT_S])
+    return await bridge.ask(app[EXECUTOR], fn, *args, timeout_s=timeout_s or app[TIMEOUT_S])
 
 
 # --- input -------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ Reads never wait for an actor or the store (DESIGN: read-only endpoints read sna
 
 Each fact has one writer:
 - account actors: their `AccountFacts` (only the generation the supervisor runs counts);
+- the ownership actor: which accounts this instance runs;
 - the supervisor: its `Supervision` of each account, and which accounts it watches;
 - the writer: how its last store write went; the store monitor: the last ping and the
   spool's depth; the system: readiness.
@@ -69,6 +70,7 @@ class Board:
         self._ping = _Check()
         self._ready = False
         self._spool: tuple[int, Optional[int]] = (0, None)
+        self._owned: Optional[frozenset[str]] = None  # None until the first read of the account list
 
     # --- writers ---------------------------------------------------------------------
 
@@ -92,6 +94,10 @@ class Board:
             decided = self._decided.get(facts.account_id)
             if decided is not None and decided.generation == facts.generation:
                 self._observed[facts.account_id] = facts
+
+    def publish_owned(self, accounts: frozenset[str]) -> None:
+        with self._lock:
+            self._owned = accounts
 
     def publish_writes(self, ok: bool, error: Optional[str] = None) -> None:
         now = self.clock.wall_ms()
@@ -125,10 +131,15 @@ class Board:
             return facts.qr_code if decided is not None and decided.running and facts is not None else None
 
     def ingesting(self, account_id: str) -> bool:
-        """Whether an actor here reads the account's spool rows (now, or once it starts)."""
+        """Whether an actor here reads the account's spool rows (now, or once it starts).
+        Until the account list has been read, every account may yet be run here."""
         with self._lock:
+            if self._owned is None:
+                return True
             decided = self._decided.get(account_id)
-            return decided is not None and decided.ingesting
+            if decided is not None:
+                return decided.ingesting
+            return account_id in self._owned  # owned: the supervisor is about to start it
 
     def store_health(self) -> StoreHealth:
         with self._lock:

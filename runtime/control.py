@@ -39,7 +39,7 @@ class DaemonControl(Protocol):
         """Never blocks; never raises."""
 
     def list_accounts(self) -> list[dict]:
-        """The stored account documents (runtime/views.py lays the live state over them)."""
+        """The stored account documents (http/views.py lays the live state over them)."""
 
     def add_account(self, account_id: str, phone: Optional[str]) -> dict:
         """Register an account and start it (pairing if it has no session). Raises
@@ -126,4 +126,7 @@ class SystemControl:
             raise UnknownAccount(account_id)
 
     def _refresh(self) -> None:
-        self.ownership.tell(Refresh(self.clock.monotonic_s()))
+        try:
+            self.ownership.tell(Refresh(self.clock.monotonic_s()))
+        except pykka.ActorDeadError:
+            pass  # shutting down: the change is stored, the next start reads it

@@ -113,7 +113,7 @@ class System:
         left = self.spool.depth()
         if left:
             log.info("[realtime] spool holds %d events from an earlier run: replaying them first", left)
-        self.ownership = OwnershipActor.start(self.store, self.supervisor, self.ticker, self.clock)
+        self.ownership = OwnershipActor.start(self.store, self.supervisor, self.board, self.ticker, self.clock)
         self.control = SystemControl(self.store, self.board, self.clock, self.supervisor, self.ownership)
         self.board.set_ready(True)
         log.info("[supervisor] wasync %s started instanceId=%s store=%s transport=%s",
@@ -123,7 +123,7 @@ class System:
     def stop(self, drain_s: float = DRAIN_S) -> bool:
         """Drain and close; True if the spool was emptied within `drain_s`."""
         self.board.set_ready(False)
-        self.ownership.stop()  # nothing new to run or to stop
+        _stop(self.ownership, 10)  # nothing new to run or to stop
         stopped = new_reply()
         self.supervisor.tell(StopSessions(stopped))
         try:

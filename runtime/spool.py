@@ -85,7 +85,12 @@ class Spool:
                 yield self._writer
                 self._writer.execute("COMMIT")
             except BaseException:
-                self._writer.execute("ROLLBACK")
+                # SQLite may have rolled back by itself (disk full): never hide the cause.
+                if self._writer.in_transaction:
+                    try:
+                        self._writer.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
                 raise
 
     @contextmanager

@@ -178,3 +178,41 @@ def test_the_supervisor_never_waits_for_children_that_take_20_s_to_stop(rig_fact
     rig.advance(1.0)
     assert rig.transport.opened["crash"] == 2 and "crash" in rig.running()
     assert all(not rig.transport.sessions[a].stopped.is_set() for a in slow)  # still stopping: nobody waited
+
+
+def crash_while_stopping_slowly(rig, account_id="a1"):
+    """Make `account_id`'s child fail while its session will take long to stop."""
+    rig.transport.slow_stop[account_id] = threading.Event()
+    rig.control.inject_fault(account_id, "raise")
+    rig.settle()
+    assert rig.restarts("failure") == 1
+
+
+def test_a_new_actor_waits_until_the_old_session_has_really_stopped(rig_factory):
+    rig = rig_factory([("a1", "15550001111")], WASYNC_DEBUG_FAULTS="true")
+    rig.advance(0.5)
+    crash_while_stopping_slowly(rig)
+    rig.advance(16)  # the backoff is over and the stop deadline (15 s) passed: the child is abandoned
+    # ...but its session is still stopping (the reaper's stop waits too): no second session yet
+    assert rig.transport.opened["a1"] == 1 and rig.running() == ()
+    rig.transport.slow_stop["a1"].set()
+    rig.until(lambda: rig.transport.opened["a1"] == 2, what="the new actor, once the old session stopped")
+    assert rig.running() == ("a1",)
+
+
+def test_nothing_starts_once_the_daemon_is_shutting_down(rig_factory):
+    from wasync.actors.reply import new_reply
+    from wasync.actors.supervisor_protocol import StopSessions
+
+    rig = rig_factory([("a1", "15550001111"), ("a2", "15550002222")], WASYNC_DEBUG_FAULTS="true")
+    rig.advance(0.5)
+    crash_while_stopping_slowly(rig)
+    rig.advance(3)  # the restart is due, waiting for the old actor to stop
+    stopped = new_reply()
+    rig.supervisor.tell(StopSessions(stopped))
+    assert stopped.get(timeout=10) is True  # a2 stopped its session; a1 has no running child
+    rig.transport.slow_stop["a1"].set()
+    rig.until(lambda: rig.transport.sessions["a1"].stopped.is_set(), what="the old session stopped")
+    rig.advance(5)
+    assert rig.transport.opened == {"a1": 1, "a2": 1} and rig.running() == ("a2",)
+    assert rig.board.account("a1") is not None and not rig.board.ingesting("a1")  # its rows go to the sweeper

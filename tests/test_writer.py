@@ -122,3 +122,19 @@ def test_drain_flushes_now(rig):
     rig.tell(rig.batch("a1", msg(id="D1", account="a1")))
     assert rig.writer.ask(Drain()) is True
     assert rig.stored("a1", "D1") is not None and rig.spool.depth() == 0
+
+
+def test_when_every_batch_fails_unexpectedly_nothing_is_quarantined_until_others_go_through(rig):
+    bad_a = rig.batch("a1", msg(id="Y1", account="a1", ts=10 ** 17))
+    bad_b = rig.batch("a2", msg(id="Y2", account="a2", ts=10 ** 17))
+    rig.tell(bad_a, bad_b)
+    rig.ticker.advance(0.1)
+    # Nothing written and nothing refused: the trouble may be ours, not the data's. Keep all.
+    assert rig.spool.quarantined() == [] and rig.spool.depth() == 2 and rig.rejected == []
+    assert not rig.board.store_health().connected
+    rig.tell(rig.batch("a3", msg(id="G3", account="a3")))
+    rig.ticker.advance(0.3)  # the retry: a3 goes through, so a1's and a2's batches are the data's fault
+    assert rig.stored("a3", "G3") is not None
+    assert sorted(a for a, _ in ((r.account_id, r) for r in rig.rejected)) == ["a1", "a2"]
+    assert rig.spool.depth() == 0 and len(rig.spool.quarantined()) == 2
+    assert rig.board.store_health().connected

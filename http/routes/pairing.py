@@ -12,6 +12,8 @@ from wasync.http.common import (
 )
 
 FORMATS = {"png": "image/png", "svg": "image/svg+xml", "text": "text/plain"}
+# A pairing code takes WhatsApp (neonize) up to a minute; the daemon gives up after 60 s.
+PAIR_PHONE_TIMEOUT_S = 65.0
 
 routes = web.RouteTableDef()
 
@@ -47,7 +49,8 @@ async def pair_phone(request: web.Request) -> web.Response:
     if unknown or "phone" not in body:
         raise ApiError(400, "invalid_body", 'expected {"phone": "<digits>"}')
     phone = normalize_phone(body["phone"])
-    code = await call_daemon(request, request.app[CONTROL].pair_phone, account_id, phone)
+    code = await call_daemon(request, request.app[CONTROL].pair_phone, account_id, phone,
+                             timeout_s=PAIR_PHONE_TIMEOUT_S)
     return json_response({"success": True, "accountId": account_id, "code": code})
 
 

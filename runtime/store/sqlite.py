@@ -68,6 +68,16 @@ MIGRATIONS: tuple[str, ...] = (
 _REFUSED = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError)
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back what is open. SQLite may have rolled back already (disk full, I/O error):
+    a second ROLLBACK would raise and hide the error that matters."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.warning("sqlite rollback failed: %s", exc)
+
+
 def _reads(fn):
     """A read's driver errors as StoreError, like every other store failure."""
 
@@ -130,7 +140,7 @@ class SqliteStore(SqliteOwnership):
             yield conn
             conn.execute("COMMIT")
         except BaseException as exc:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             if isinstance(exc, _REFUSED):
                 raise BadData(f"sqlite: {exc}") from exc
             if isinstance(exc, sqlite3.Error):

@@ -150,13 +150,16 @@ class SimulatedSession:
         self._task = asyncio.run_coroutine_threadsafe(self._run(), loop)
 
     def stop(self) -> None:
+        """Idempotent; a second, concurrent stop (a supervisor killing a hung actor's session)
+        waits for the same end."""
         self._stopping = True
-        if self._task is None:
+        task = self._task
+        if task is None:
             return
         loop = self.transport.loop()
         loop.call_soon_threadsafe(self._task_cancel)
         try:
-            self._task.result(timeout=10)
+            task.result(timeout=10)
         except BaseException:  # cancelled, or it had already failed: either way it is over
             pass
         self._task = None
