@@ -40,14 +40,15 @@ def revoke(target, ts=T0 + 9500, account="acct1", chat="15552223333@s.whatsapp.n
 
 
 def race_for_lease(path, name, rounds, results):
-    """Child process of the lease race test: grab a 3 ms lease as often as it can."""
+    """Child process of the lease race test: take the lease as often as it can, each time
+    against what it has just read (the other process reads and writes in between)."""
     from wasync.runtime.store.sqlite import SqliteStore
 
     store = SqliteStore(path)
     got = []
     for n in range(rounds):
         now = time.time_ns() // 1_000_000
-        lease = store.acquire_lease("shared", name, now, 3)
+        lease = store.acquire_lease("shared", name, store.get_lease("shared"), now, 3)
         if lease:
             got.append((lease.epoch, lease.holder, now))
             if n % 3 == 0:

@@ -258,16 +258,16 @@ def test_account_document(store, db):
 
 
 def test_lease_and_instance_documents(store, db):
-    store.acquire_lease("acct1", "i1", NOW, 15_000)
-    store.renew_lease("acct1", "i1", 1, NOW + 5000, 15_000)
+    lease = store.acquire_lease("acct1", "i1", None, NOW, 15_000)
+    store.renew_leases([lease], NOW + 5000, 15_000)
     lease = read(db, "leases", "acct1")
     assert lease == {"holder": "i1", "epoch": 1, "expiresAtMs": NOW + 20_000, "renewedAtMs": NOW + 5000}
     assert_types(lease, holder=str, epoch=int, expiresAtMs=int, renewedAtMs=int)
     store.release_lease("acct1", "i1", 1)
     assert read(db, "leases", "acct1")["expiresAtMs"] == 0
-    store.heartbeat_instance("host-1", NOW, T0, "0.1.0", 7)
+    store.heartbeat_instance("host-1", "boot-a", NOW, T0, "0.1.0", 7)
     doc = read(db, "instances", "host-1")
-    assert_types(doc, startedAt=datetime, heartbeatAtMs=int, version=str, accounts=int)
+    assert_types(doc, startedAt=datetime, heartbeatAtMs=int, version=str, accounts=int, incarnation=str)
     assert doc["startedAt"] == ms_to_dt(T0) and doc["heartbeatAtMs"] == NOW and doc["accounts"] == 7
 
 
@@ -275,7 +275,7 @@ def test_lease_and_instance_documents(store, db):
                                                      ("recent_sync", "whatsapp_recent_sync_locks", "recentSyncLease")])
 def test_job_lock_documents(store, db, job, collection, prefix):
     store.create_account("acct1", None, NOW)
-    lease = store.acquire_lease("acct1", "i1", NOW, 15_000)
+    lease = store.acquire_lease("acct1", "i1", None, NOW, 15_000)
     store.acquire_job_lock(job, "acct1", "i1", NOW, 60_000, fence=Fence("i1", lease.epoch))
     store.acquire_job_lock(job, "acct1", "i1", NOW + 1000, 60_000)  # extended: startedAt stays
     lock = read(db, collection, "acct1")
@@ -302,7 +302,7 @@ def test_outbox_document(store, db):
     assert doc == {"id": "o1", "accountId": "acct1", "to": CHAT, "text": "hello", "status": "queued",
                    "attempts": 0, "claimedBy": None, "claimEpoch": None, "waMessageId": None, "error": None,
                    "createdAtMs": NOW, "updatedAt": ms_to_dt(NOW)}
-    lease = store.acquire_lease("acct1", "i1", NOW, 15_000)
+    lease = store.acquire_lease("acct1", "i1", None, NOW, 15_000)
     fence = Fence("i1", lease.epoch)
     store.claim_outbox("acct1", fence, NOW + 1)
     doc = read(db, "outbox", "o1")

@@ -237,9 +237,9 @@ def test_repair_flag_set_and_cleared(store):
 
 def test_fenced_account_write_rejects_stale_epoch(store):
     store.create_account("acct1", None, NOW)
-    first = store.acquire_lease("acct1", "i1", NOW, 1000)
+    first = store.acquire_lease("acct1", "i1", None, NOW, 1000)
     store.update_account("acct1", AccountPatch(status=AccountStatus.CONNECTED), NOW, fence=Fence("i1", first.epoch))
-    second = store.acquire_lease("acct1", "i2", NOW + 2000, 1000)
+    second = store.acquire_lease("acct1", "i2", store.get_lease("acct1"), NOW + 2000, 1000)
     with pytest.raises(StaleFence):
         store.update_account("acct1", AccountPatch(status=AccountStatus.DISCONNECTED), NOW,
                              fence=Fence("i1", first.epoch))
@@ -250,37 +250,44 @@ def test_fenced_account_write_rejects_stale_epoch(store):
 # --- leases -------------------------------------------------------------------------
 
 
-def test_lease_lifecycle(store):
-    a = store.acquire_lease("acct1", "i1", NOW, 15_000)
-    assert (a.holder, a.epoch, a.expires_at_ms) == ("i1", 1, NOW + 15_000)
-    assert store.acquire_lease("acct1", "i2", NOW + 1000, 15_000) is None
-    again = store.acquire_lease("acct1", "i1", NOW + 1000, 15_000)
-    assert again.epoch == 1  # same holder: no new epoch
-    renewed = store.renew_lease("acct1", "i1", 1, NOW + 5000, 15_000)
-    assert renewed.expires_at_ms == NOW + 20_000
-    assert store.renew_lease("acct1", "i2", 1, NOW + 5000, 15_000) is None
-    assert store.acquire_lease("acct1", "i2", NOW + 19_999, 15_000) is None
-    taken = store.acquire_lease("acct1", "i2", NOW + 20_000, 15_000)
+def test_a_lease_is_taken_only_as_it_was_read(store):
+    assert store.get_lease("acct1") is None
+    a = store.acquire_lease("acct1", "i1", None, NOW, 15_000)
+    assert (a.holder, a.epoch, a.expires_at_ms, a.renewed_at_ms) == ("i1", 1, NOW + 15_000, NOW)
+    assert store.acquire_lease("acct1", "i2", None, NOW, 15_000) is None  # it exists now
+    [renewed] = store.renew_leases([a], NOW + 5000, 15_000)
+    assert (renewed.epoch, renewed.expires_at_ms, renewed.renewed_at_ms) == (1, NOW + 20_000, NOW + 5000)
+    assert store.acquire_lease("acct1", "i2", a, NOW + 5001, 15_000) is None  # read before the renewal
+    seen = store.get_lease("acct1")
+    assert seen.same_record(renewed)
+    taken = store.acquire_lease("acct1", "i2", seen, NOW + 30_000, 15_000)  # the caller judged it stale
     assert (taken.holder, taken.epoch) == ("i2", 2)
-    assert store.renew_lease("acct1", "i1", 1, NOW + 20_001, 15_000) is None
+    assert store.renew_leases([renewed], NOW + 30_001, 15_000) == []  # i1 lost it
     assert store.release_lease("acct1", "i1", 1) is False
     assert store.release_lease("acct1", "i2", 2) is True
-    back = store.acquire_lease("acct1", "i1", NOW + 20_002, 15_000)  # at once, no expiry wait
+    released = store.get_lease("acct1")
+    assert released.released and released.epoch == 2
+    assert store.renew_leases([taken], NOW + 30_002, 15_000) == []  # released is not renewable
+    back = store.acquire_lease("acct1", "i1", released, NOW + 30_002, 15_000)  # at once, no expiry wait
     assert (back.holder, back.epoch) == ("i1", 3)
     assert store.get_lease("acct1") == back
     assert [lease.account_id for lease in store.list_leases()] == ["acct1"]
 
 
-def test_released_lease_is_not_renewable(store):
-    lease = store.acquire_lease("acct1", "i1", NOW, 15_000)
-    store.release_lease("acct1", "i1", lease.epoch)
-    assert store.renew_lease("acct1", "i1", lease.epoch, NOW + 1, 15_000) is None
-    assert store.acquire_lease("acct1", "i1", NOW + 2, 15_000).epoch == lease.epoch + 1
+def test_many_leases_renewed_at_once_leave_out_the_lost_ones(store):
+    leases = [store.acquire_lease(f"a{n:02d}", "i1", None, NOW, 15_000) for n in range(30)]
+    assert store.acquire_lease("a07", "i2", store.get_lease("a07"), NOW + 1, 15_000).holder == "i2"
+    assert store.release_lease("a09", "i1", 1)
+    renewed = store.renew_leases(leases, NOW + 5000, 15_000)
+    assert sorted(lease.account_id for lease in renewed) == [f"a{n:02d}" for n in range(30) if n not in (7, 9)]
+    again = store.renew_leases(renewed, NOW + 10_000, 15_000)  # from what the last renewal returned
+    assert len(again) == 28 and all(lease.renewed_at_ms == NOW + 10_000 for lease in again)
+    assert store.get_lease("a07").holder == "i2" and store.get_lease("a09").released
 
 
 def test_instances(store):
-    store.heartbeat_instance("i1", NOW, T0, "0.1.0", 3)
-    store.heartbeat_instance("i1", NOW + 5000, T0, "0.1.0", 4)
+    store.heartbeat_instance("i1", "boot1", NOW, T0, "0.1.0", 3)
+    store.heartbeat_instance("i1", "boot1", NOW + 5000, T0, "0.1.0", 4)
     [doc] = store.list_instances()
     assert doc["heartbeatAtMs"] == NOW + 5000 and doc["accounts"] == 4 and doc["version"] == "0.1.0"
     store.remove_instance("i1")
@@ -306,8 +313,8 @@ def test_job_lock_is_exclusive_and_mirrored(store, job, mirror):
 
 
 def test_job_lock_with_stale_fence(store):
-    lease = store.acquire_lease("acct1", "i1", NOW, 1000)
-    store.acquire_lease("acct1", "i2", NOW + 1000, 1000)
+    lease = store.acquire_lease("acct1", "i1", None, NOW, 1000)
+    store.acquire_lease("acct1", "i2", store.get_lease("acct1"), NOW + 1000, 1000)
     with pytest.raises(StaleFence):
         store.acquire_job_lock("backfill", "acct1", "i1", NOW + 1000, 60_000, fence=Fence("i1", lease.epoch))
 
@@ -316,7 +323,7 @@ def test_job_lock_with_stale_fence(store):
 
 
 def test_outbox_claim_complete_fail(store):
-    lease = store.acquire_lease("acct1", "i1", NOW, 15_000)
+    lease = store.acquire_lease("acct1", "i1", None, NOW, 15_000)
     fence = Fence("i1", lease.epoch)
     for n in range(3):
         store.enqueue_outbox(OutboxItem(id=f"o{n}", account_id="acct1", to_jid=CHAT, text=f"t{n}",
@@ -332,7 +339,7 @@ def test_outbox_claim_complete_fail(store):
     store.fail_outbox("o1", fence, "invalid recipient", NOW)
     assert store.get_outbox("o0").status == "sent" and store.get_outbox("o0").wa_message_id == "3EB0SENT"
     assert store.get_outbox("o1").status == "failed" and store.get_outbox("o1").error == "invalid recipient"
-    store.acquire_lease("acct1", "i2", NOW + 20_000, 15_000)
+    store.acquire_lease("acct1", "i2", store.get_lease("acct1"), NOW + 20_000, 15_000)
     with pytest.raises(StaleFence):
         store.complete_outbox("o2", fence, "3EB0LATE", NOW)
     with pytest.raises(StaleFence):

@@ -112,7 +112,7 @@ def same_state_property(any_store, ops, data):
     assert thread_a["lastMessagePreview"] == f"text of {newest}"
 
 
-lease_op = st.tuples(st.sampled_from(["acquire", "renew", "release"]), st.sampled_from(["h1", "h2", "h3"]),
+lease_op = st.tuples(st.sampled_from(["read", "acquire", "renew", "release"]), st.sampled_from(["h1", "h2", "h3"]),
                      st.integers(min_value=0, max_value=12_000))
 
 
@@ -126,31 +126,50 @@ def test_leases_one_holder_per_epoch_and_epochs_increase(kind, request):
 
 
 def lease_property(any_store, ops):
+    """Three holders reading, taking (against what each last read), renewing and releasing
+    one lease: a take succeeds exactly when nothing was written since that holder's read;
+    every epoch has one holder; epochs only go up; only the holder can renew."""
     account = f"l{next(_accounts)}"
     now, ttl = NOW, 10_000
     holder_of_epoch: dict[int, str] = {}
-    live: dict[str, int] = {}  # holder -> epoch it believes it holds
+    seen: dict[str, object] = {}  # holder -> the record it last read (None: no lease yet)
+    mine: dict[str, object] = {}  # holder -> the lease it last got back (it believes it holds)
     last_epoch = 0
     for kind, holder, advance in ops:
         now += advance
-        if kind == "acquire":
-            lease = any_store.acquire_lease(account, holder, now, ttl)
-        elif kind == "renew":
-            lease = any_store.renew_lease(account, holder, live.get(holder, 0), now, ttl) if holder in live else None
-        else:
-            if holder in live:
-                any_store.release_lease(account, holder, live.pop(holder))
+        current = any_store.get_lease(account)
+        if kind == "read":
+            seen[holder] = current
             continue
+        if kind == "release":
+            if holder in mine:
+                released = any_store.release_lease(account, holder, mine.pop(holder).epoch)
+                assert released == (current is not None and current.holder == holder and not current.released)
+            continue
+        if kind == "acquire":
+            if holder not in seen:
+                continue
+            expected = seen.pop(holder)
+            lease = any_store.acquire_lease(account, holder, expected, now, ttl)
+            unchanged = current is None if expected is None else expected.same_record(current)
+            assert (lease is not None) == unchanged
+        else:
+            if holder not in mine:
+                continue
+            renewed = any_store.renew_leases([mine[holder]], now, ttl)
+            still_ours = current is not None and current.holder == holder and not current.released and \
+                current.epoch == mine[holder].epoch
+            assert bool(renewed) == still_ours
+            lease = renewed[0] if renewed else None
+            if lease is None:
+                mine.pop(holder)
         if lease is None:
             continue
         assert holder_of_epoch.setdefault(lease.epoch, lease.holder) == holder
         assert lease.epoch >= last_epoch
         last_epoch = lease.epoch
-        live = {h: e for h, e in live.items() if e == lease.epoch}
-        live[holder] = lease.epoch
-        # nobody else can take a live lease
-        others = [h for h in ("h1", "h2", "h3") if h != holder]
-        assert any_store.acquire_lease(account, others[0], now, ttl) is None
+        mine = {h: m for h, m in mine.items() if m.epoch == lease.epoch}
+        mine[holder] = lease
 
 
 def test_two_processes_race_for_one_lease(tmp_path):

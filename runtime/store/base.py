@@ -16,7 +16,7 @@ Rules every implementation keeps (SPEC §2):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Protocol, Sequence
+from typing import Any, Optional, Protocol, Sequence
 
 from wasync.runtime.account import AccountPatch, AccountRecord
 from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, ThreadUpdate
@@ -45,14 +45,25 @@ class NotFound(StoreError):
 
 @dataclass(frozen=True)
 class Lease:
+    """`leases/{accountId}`: who runs the account's socket, under which fencing epoch."""
+
     account_id: str
     holder: str
     epoch: int
-    expires_at_ms: int
+    expires_at_ms: int  # 0: released (anyone may take it at once); otherwise informational
     renewed_at_ms: int
+    # The store's revision of this record (Firestore: its update time), for writes that
+    # must find it unchanged. Not part of the record's identity.
+    version: Any = field(default=None, compare=False, repr=False)
 
-    def live(self, now_ms: int) -> bool:
-        return self.expires_at_ms > now_ms
+    @property
+    def released(self) -> bool:
+        return self.expires_at_ms == 0
+
+    def same_record(self, other: Optional["Lease"]) -> bool:
+        """The same holder, epoch and times: nothing was written to it in between."""
+        return other is not None and (self.holder, self.epoch, self.expires_at_ms, self.renewed_at_ms) == (
+            other.holder, other.epoch, other.expires_at_ms, other.renewed_at_ms)
 
 
 @dataclass(frozen=True)
@@ -136,14 +147,20 @@ class Store(Protocol):
         late write for a removed account must not bring it back."""
     def delete_account(self, account_id: str) -> bool: ...
 
-    # --- socket ownership --------------------------------------------------------------
-    def acquire_lease(self, account_id: str, holder: str, now_ms: int, ttl_ms: int) -> Optional[Lease]: ...
-    def renew_lease(self, account_id: str, holder: str, epoch: int, now_ms: int,
-                    ttl_ms: int) -> Optional[Lease]: ...
+    # --- socket ownership ----------------------------------------------------------------
+    def acquire_lease(self, account_id: str, holder: str, expected: Optional[Lease], now_ms: int,
+                      ttl_ms: int) -> Optional[Lease]:
+        """Take the lease if it is still exactly `expected` as the caller read it (None: no
+        lease was ever written); the new holder gets epoch + 1. When that is allowed (free,
+        released, or unchanged for a whole lease on the caller's own clock) the caller
+        decides; the store only makes sure nothing was written in between."""
+    def renew_leases(self, leases: Sequence[Lease], now_ms: int, ttl_ms: int) -> list[Lease]:
+        """Extend the caller's leases (as last returned by acquire or renew); those taken or
+        released meanwhile are left out of the answer. Cheap for hundreds at a time."""
     def release_lease(self, account_id: str, holder: str, epoch: int) -> bool: ...
     def get_lease(self, account_id: str) -> Optional[Lease]: ...
     def list_leases(self) -> list[Lease]: ...
-    def heartbeat_instance(self, instance_id: str, now_ms: int, started_at_ms: int,
+    def heartbeat_instance(self, instance_id: str, incarnation: str, now_ms: int, started_at_ms: int,
                            version: str, accounts: int) -> None: ...
     def list_instances(self) -> list[dict]: ...
     def remove_instance(self, instance_id: str) -> None: ...

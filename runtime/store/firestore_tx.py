@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import random
 import time
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import grpc
 from google.api_core import exceptions as gexc
@@ -38,6 +38,7 @@ from wasync.runtime.store.schema import (
 T = TypeVar("T")
 
 TX_ATTEMPTS = 8
+MAX_BATCH = 500  # writes per batch commit
 TX_BACKOFF = Backoff(initial_ms=10, max_ms=500, jitter=0.5)  # between contended attempts
 TX_READ_TIMEOUT_S = 10.0  # a read blocked behind another transaction's lock gives up here
 
@@ -117,9 +118,14 @@ def _ours(lease: Optional[dict], holder: str, epoch: int) -> bool:
     return bool(lease) and lease.get("holder") == holder and lease.get("epoch") == epoch
 
 
-def _lease(account_id: str, doc: dict) -> Lease:
+def _lease(account_id: str, doc: dict, version: Any = None) -> Lease:
     return Lease(account_id=account_id, holder=doc["holder"], epoch=int(doc["epoch"]),
-                 expires_at_ms=int(doc.get("expiresAtMs") or 0), renewed_at_ms=int(doc.get("renewedAtMs") or 0))
+                 expires_at_ms=int(doc.get("expiresAtMs") or 0), renewed_at_ms=int(doc.get("renewedAtMs") or 0),
+                 version=version)
+
+
+def _renewed(lease: Lease, change: dict, version: Any = None) -> Lease:
+    return Lease(lease.account_id, lease.holder, lease.epoch, change["expiresAtMs"], change["renewedAtMs"], version)
 
 
 class OwnershipOps:
@@ -136,37 +142,75 @@ class OwnershipOps:
     # --- socket ownership ----------------------------------------------------------
 
     @store_errors
-    def acquire_lease(self, account_id: str, holder: str, now_ms: int, ttl_ms: int) -> Optional[Lease]:
+    def acquire_lease(self, account_id: str, holder: str, expected: Optional[Lease], now_ms: int,
+                      ttl_ms: int) -> Optional[Lease]:
         ref = self._doc(LEASES, account_id)
+        doc = {"holder": holder, "epoch": expected.epoch + 1 if expected else 1, "expiresAtMs": now_ms + ttl_ms,
+               "renewedAtMs": now_ms}
+        try:
+            if expected is None:
+                result = ref.create(doc, **self._write)
+            elif expected.version is not None:
+                # A conditional write, not a transaction: it fails if anything was written
+                # since the caller read `expected` (no read, no contention).
+                result = ref.update(doc, option=self._db.write_option(last_update_time=expected.version),
+                                    **self._write)
+            else:
+                return self._acquire_in_tx(ref, account_id, expected, doc)
+        except (gexc.AlreadyExists, gexc.FailedPrecondition, gexc.NotFound):
+            return None
+        return _lease(account_id, doc, result.update_time)
 
+    def _acquire_in_tx(self, ref, account_id: str, expected: Lease, doc: dict) -> Optional[Lease]:
         def body(tx):
             (cur,) = tx_read(self._db, tx, ref)
-            expires = int(cur.get("expiresAtMs") or 0) if cur else 0
-            if cur is None:
-                epoch = 1
-            elif cur.get("holder") == holder and expires > 0:
-                epoch = int(cur["epoch"])  # still ours (even if it lapsed, nobody took it)
-            elif expires > now_ms:
+            if cur is None or not expected.same_record(_lease(account_id, cur)):
                 return None
-            else:
-                epoch = int(cur.get("epoch") or 0) + 1
-            doc = {"holder": holder, "epoch": epoch, "expiresAtMs": now_ms + ttl_ms, "renewedAtMs": now_ms}
             tx.set(ref, doc)
             return _lease(account_id, doc)
 
         return run_tx(self._db, body)
 
     @store_errors
-    def renew_lease(self, account_id: str, holder: str, epoch: int, now_ms: int, ttl_ms: int) -> Optional[Lease]:
-        ref = self._doc(LEASES, account_id)
+    def renew_leases(self, leases: Sequence[Lease], now_ms: int, ttl_ms: int) -> list[Lease]:
+        """One batch of conditional updates (each must find its lease as we last wrote it);
+        if any lease was taken meanwhile the batch fails as a whole, and the batch is done
+        again one lease at a time to tell which."""
+        change = {"expiresAtMs": now_ms + ttl_ms, "renewedAtMs": now_ms}
+        known = [lease for lease in leases if lease.version is not None]
+        renewed = [lease for lease in (self._renew_in_tx(lease, change) for lease in leases
+                                       if lease.version is None) if lease is not None]
+        for start in range(0, len(known), MAX_BATCH):
+            chunk = known[start:start + MAX_BATCH]
+            batch = self._db.batch()
+            for lease in chunk:
+                batch.update(self._doc(LEASES, lease.account_id), change,
+                             option=self._db.write_option(last_update_time=lease.version))
+            try:
+                results = batch.commit(**self._write)
+            except (gexc.FailedPrecondition, gexc.NotFound):
+                renewed += [lease for lease in (self._renew_one(lease, change) for lease in chunk) if lease]
+                continue
+            renewed += [_renewed(lease, change, r.update_time) for lease, r in zip(chunk, results)]
+        return renewed
+
+    def _renew_one(self, lease: Lease, change: dict) -> Optional[Lease]:
+        try:
+            result = self._doc(LEASES, lease.account_id).update(
+                change, option=self._db.write_option(last_update_time=lease.version), **self._write)
+        except (gexc.FailedPrecondition, gexc.NotFound):
+            return None  # taken or released since we last wrote it
+        return _renewed(lease, change, result.update_time)
+
+    def _renew_in_tx(self, lease: Lease, change: dict) -> Optional[Lease]:
+        ref = self._doc(LEASES, lease.account_id)
 
         def body(tx):
             (cur,) = tx_read(self._db, tx, ref)
-            if not _ours(cur, holder, epoch) or not cur.get("expiresAtMs"):
+            if not _ours(cur, lease.holder, lease.epoch) or not cur.get("expiresAtMs"):
                 return None  # taken, or released (expiresAtMs = 0)
-            doc = {**cur, "expiresAtMs": now_ms + ttl_ms, "renewedAtMs": now_ms}
-            tx.update(ref, {"expiresAtMs": doc["expiresAtMs"], "renewedAtMs": now_ms})
-            return _lease(account_id, doc)
+            tx.update(ref, change)
+            return _renewed(lease, change)
 
         return run_tx(self._db, body)
 
@@ -187,18 +231,18 @@ class OwnershipOps:
     @store_errors
     def get_lease(self, account_id: str) -> Optional[Lease]:
         snap = self._doc(LEASES, account_id).get(**self._read)
-        return _lease(snap.id, snap.to_dict()) if snap.exists else None
+        return _lease(snap.id, snap.to_dict(), snap.update_time) if snap.exists else None
 
     @store_errors
     def list_leases(self) -> list[Lease]:
-        return [_lease(s.id, s.to_dict()) for s in self._db.collection(LEASES).stream(**self._read)]
+        return [_lease(s.id, s.to_dict(), s.update_time) for s in self._db.collection(LEASES).stream(**self._read)]
 
     @store_errors
-    def heartbeat_instance(self, instance_id: str, now_ms: int, started_at_ms: int, version: str,
-                           accounts: int) -> None:
+    def heartbeat_instance(self, instance_id: str, incarnation: str, now_ms: int, started_at_ms: int,
+                           version: str, accounts: int) -> None:
         self._doc(INSTANCES, instance_id).set({
-            "instanceId": instance_id, "startedAt": ms_to_dt(started_at_ms), "heartbeatAtMs": now_ms,
-            "version": version, "accounts": accounts}, **self._write)
+            "instanceId": instance_id, "incarnation": incarnation, "startedAt": ms_to_dt(started_at_ms),
+            "heartbeatAtMs": now_ms, "version": version, "accounts": accounts}, **self._write)
 
     @store_errors
     def list_instances(self) -> list[dict]:

@@ -5,7 +5,7 @@ plumbing (`_write`, `_conn`, account documents) it uses.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from wasync.runtime.store import schema
 from wasync.runtime.store.base import JOBS, Fence, JobLock, Lease, OutboxItem, StaleFence, StoreError
@@ -37,25 +37,25 @@ class SqliteOwnership:
         )
         return lease
 
-    def acquire_lease(self, account_id: str, holder: str, now_ms: int, ttl_ms: int) -> Optional[Lease]:
+    def acquire_lease(self, account_id: str, holder: str, expected: Optional[Lease], now_ms: int,
+                      ttl_ms: int) -> Optional[Lease]:
         with self._write() as conn:
             current = self._lease_row(conn, account_id)
-            if current is None:
-                epoch = 1
-            elif current.holder == holder and current.expires_at_ms > 0:
-                epoch = current.epoch  # still ours (even if it lapsed, nobody took it)
-            elif current.live(now_ms):
-                return None
-            else:
-                epoch = current.epoch + 1
+            if not (current.same_record(expected) if current is not None else expected is None):
+                return None  # written since the caller read it
+            epoch = current.epoch + 1 if current is not None else 1
             return self._put_lease(conn, Lease(account_id, holder, epoch, now_ms + ttl_ms, now_ms))
 
-    def renew_lease(self, account_id: str, holder: str, epoch: int, now_ms: int, ttl_ms: int) -> Optional[Lease]:
-        with self._write() as conn:
-            current = self._lease_row(conn, account_id)
-            if current is None or current.holder != holder or current.epoch != epoch or current.expires_at_ms == 0:
-                return None
-            return self._put_lease(conn, Lease(account_id, holder, epoch, now_ms + ttl_ms, now_ms))
+    def renew_leases(self, leases: Sequence[Lease], now_ms: int, ttl_ms: int) -> list[Lease]:
+        renewed = []
+        with self._write() as conn:  # one transaction for all of them
+            for lease in leases:
+                if conn.execute(
+                        "UPDATE leases SET expires_at_ms = ?, renewed_at_ms = ? WHERE account_id = ? AND holder = ? "
+                        "AND epoch = ? AND expires_at_ms > 0",
+                        (now_ms + ttl_ms, now_ms, lease.account_id, lease.holder, lease.epoch)).rowcount:
+                    renewed.append(Lease(lease.account_id, lease.holder, lease.epoch, now_ms + ttl_ms, now_ms))
+        return renewed
 
     def release_lease(self, account_id: str, holder: str, epoch: int) -> bool:
         # The row (and its epoch) stays, so the next holder gets epoch + 1.
@@ -72,10 +72,10 @@ class SqliteOwnership:
             "SELECT account_id, holder, epoch, expires_at_ms, renewed_at_ms FROM leases ORDER BY account_id")
         return [Lease(*row) for row in rows]
 
-    def heartbeat_instance(self, instance_id: str, now_ms: int, started_at_ms: int, version: str,
-                           accounts: int) -> None:
-        doc = {"instanceId": instance_id, "startedAt": ms_to_dt(started_at_ms), "heartbeatAtMs": now_ms,
-               "version": version, "accounts": accounts}
+    def heartbeat_instance(self, instance_id: str, incarnation: str, now_ms: int, started_at_ms: int,
+                           version: str, accounts: int) -> None:
+        doc = {"instanceId": instance_id, "incarnation": incarnation, "startedAt": ms_to_dt(started_at_ms),
+               "heartbeatAtMs": now_ms, "version": version, "accounts": accounts}
         with self._write() as conn:
             conn.execute("INSERT INTO instances (instance_id, doc) VALUES (?, ?) "
                          "ON CONFLICT (instance_id) DO UPDATE SET doc = excluded.doc", (instance_id, encode(doc)))
