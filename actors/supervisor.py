@@ -13,7 +13,7 @@ pykka has no links or monitors, so it builds them (actors/supervisor_protocol.py
 It never waits: children are stopped with `stop(block=False)` and a new actor for the
 same account starts only after the old one reported `ChildStopped` (two sessions of one
 account would fight), or after STOP_CHILD_S, when it is abandoned like a hung one. Store
-reads happen in the ownership actor, long session calls off the children's threads.
+reads happen in the lease coordinator's helper, long session calls off the children's threads.
 
 What it does with what it hears is decided by the pure policies in actors/policy/:
 restarts wait an exponential backoff and count against an intensity limit (beyond it:
@@ -34,6 +34,8 @@ import pykka
 
 from wasync.actors import supervisor_protocol as sp
 from wasync.actors.account_protocol import Fault, PairPhone, Probe, StopSession
+from wasync.actors.leases_protocol import AccountStopped, FenceRejected
+from wasync.actors.leases_protocol import SessionReplaced as LeaseSessionReplaced
 from wasync.actors.policy.escalation import REPAIR, on_degraded, recovered
 from wasync.actors.policy.health import verdict
 from wasync.actors.policy.intensity import RestartLog, check_restart
@@ -48,6 +50,7 @@ from wasync.runtime.board import Board
 from wasync.runtime.clock import Clock
 from wasync.runtime.metrics import Metrics
 from wasync.runtime.model import AccountStatus as S
+from wasync.runtime.store.base import Fence
 from wasync.runtime.ticker import Timers
 from wasync.runtime.transport.session import NotConnected
 
@@ -62,9 +65,11 @@ ChildFactory = Callable[[str, Optional[str], int, pykka.ActorRef, SessionSlot, b
 class SupervisorActor(pykka.ThreadingActor):
     def __init__(self, make_child: ChildFactory, *, writer: pykka.ActorRef, board: Board, metrics: Metrics,
                  gate: StartGate, ticker: Timers, clock: Clock, alerts: Alerts,
+                 to_leases: Callable[[object], None] = lambda message: None,
                  policy: SupervisionPolicy = SupervisionPolicy(), rand: Optional[random.Random] = None):
         super().__init__()
         self.make_child = make_child
+        self.to_leases = to_leases  # tells the lease coordinator (wired late: each needs the other)
         self.writer, self.board, self.metrics, self.gate = writer, board, metrics, gate
         self.ticker, self.clock, self.alerts, self.policy = ticker, clock, alerts, policy
         self.rand = rand or random.Random()
@@ -97,10 +102,10 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def _handle(self, message: sp.SupervisorMsg):
         match message:
-            case sp.Owned(record=record):
-                self._owned(record)
-            case sp.Lost(account_id=account_id, reason=reason):
-                self._lost(account_id, reason)
+            case sp.Owned(record=record, fence=fence):
+                self._owned(record, fence)
+            case sp.Lost(account_id=account_id, reason=reason, graceful=graceful):
+                self._lost(account_id, reason, graceful)
             case sp.Tick():
                 self._liveness()
             case sp.StartDue():
@@ -143,16 +148,18 @@ class SupervisorActor(pykka.ThreadingActor):
 
     # --- the owned set -----------------------------------------------------------------
 
-    def _owned(self, record: AccountRecord) -> None:
+    def _owned(self, record: AccountRecord, fence: Fence) -> None:
         w = self.watches.get(record.account_id)
         if w is None:
-            w = self.watches[record.account_id] = Watch(record.account_id, record.phone, stored_status=record.status)
+            w = self.watches[record.account_id] = Watch(record.account_id, record.phone, stored_status=record.status,
+                                                        fence=fence)
             if record.repair.needed:
                 self._adopt_repair(w, record)
                 return
         elif w.owned:
+            w.fence = fence
             return
-        w.owned, w.phone = True, record.phone or w.phone
+        w.owned, w.phone, w.fence = True, record.phone or w.phone, fence
         if w.hold is None and w.child is None:
             self._schedule(w, 0.0)
         self._publish(w)
@@ -168,16 +175,19 @@ class SupervisorActor(pykka.ThreadingActor):
         log.warning("[supervisor] accountId=%s needs repair (%s): not started", w.account_id, reason)
         self._publish(w)
 
-    def _lost(self, account_id: str, reason: str) -> None:
+    def _lost(self, account_id: str, reason: str, graceful: bool) -> None:
         w = self.watches.get(account_id)
         if w is None:
+            self.to_leases(AccountStopped(account_id))  # nothing runs it here
             return
         w.owned, w.start_due = False, False
         w.token += 1
         self._stop_child(w)
-        # Shown (and stored) as disconnected while its actor stops; gone from the board after.
-        # A removed account stays removed: the store ignores updates of missing accounts.
+        # Shown as disconnected while its actor stops, gone from the board after. Stored as
+        # such only while the lease is still ours: otherwise the new owner's status stands.
         w.status, w.is_degraded, w.warning = S.DISCONNECTED, False, f"stopping here ({reason})"
+        if not graceful:
+            w.stored_status = S.DISCONNECTED
         self.alerts.clear(account_id)
         log.info("[supervisor] accountId=%s stopped (%s)", account_id, reason)
         self._publish(w)
@@ -187,6 +197,7 @@ class SupervisorActor(pykka.ThreadingActor):
         if not w.owned and w.child is None and not w.stopping:
             self.watches.pop(w.account_id, None)
             self.board.drop_account(w.account_id)
+            self.to_leases(AccountStopped(w.account_id))
 
     # --- starts and stops ----------------------------------------------------------------
 
@@ -361,6 +372,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self._publish(w)
 
     def _replaced(self, w: Watch) -> None:
+        self.to_leases(LeaseSessionReplaced(w.account_id))  # if the lease moved on, this is the handover
         self.metrics.stream_replaced.inc()
         log.warning("[lease] accountId=%s StreamReplaced: another client owns this session; stopped, "
                     "not reconnecting", w.account_id)
@@ -387,10 +399,13 @@ class SupervisorActor(pykka.ThreadingActor):
         log.info("[supervisor] accountId=%s paired: repair cleared", w.account_id)
 
     def _write_rejected(self, rejected: sp.WriteRejected) -> None:
-        log.error("[supervisor] accountId=%s the store refused %d events for good (%s); they are quarantined",
-                  rejected.account_id, rejected.rows, rejected.reason)
+        if rejected.stale_fence is not None:  # the coordinator decides whether the lease is gone
+            self.to_leases(FenceRejected(rejected.account_id, rejected.stale_fence.epoch))
+        else:
+            log.error("[supervisor] accountId=%s the store refused %d events for good (%s); they are quarantined",
+                      rejected.account_id, rejected.rows, rejected.reason)
         w = self.watches.get(rejected.account_id)
-        if w is not None:
+        if w is not None and rejected.stale_fence is None:
             w.rejection = f"the store refused {rejected.rows} events (quarantined): {rejected.reason}"
             w.stored_status = None  # the refused write may have carried a status: write it again
             self._publish(w)
@@ -428,7 +443,7 @@ class SupervisorActor(pykka.ThreadingActor):
         now = self.clock.wall_ms()
         w.hold, w.repair, w.status, w.is_degraded = hold, Repair(True, reason, now), S(hold.value), False
         w.warning = f"{reason}: restarts stopped; pair it again (regenerate-qr)"
-        self.writer.tell(AccountUpdate(w.account_id, AccountPatch(status=w.status, repair=w.repair)))
+        self.writer.tell(AccountUpdate(w.account_id, AccountPatch(status=w.status, repair=w.repair), w.fence))
         w.stored_status = w.status
         self.alerts.raise_alert(w.account_id, reason, hold.value, since_ms=now)
         self._publish(w)
@@ -438,7 +453,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self.alerts.clear(w.account_id)
         if w.repair.needed:
             w.repair = NO_REPAIR
-            self.writer.tell(AccountUpdate(w.account_id, AccountPatch(repair=NO_REPAIR)))
+            self.writer.tell(AccountUpdate(w.account_id, AccountPatch(repair=NO_REPAIR), w.fence))
             self._publish(w)
 
     def _operator_restart(self, account_id: str) -> None:
@@ -477,7 +492,7 @@ class SupervisorActor(pykka.ThreadingActor):
             self.board.publish_supervision(decided)
         if w.status is not w.stored_status:
             w.stored_status = w.status
-            self.writer.tell(AccountUpdate(w.account_id, AccountPatch(status=w.status)))
+            self.writer.tell(AccountUpdate(w.account_id, AccountPatch(status=w.status), w.fence))
 
     # --- shutdown --------------------------------------------------------------------------
 

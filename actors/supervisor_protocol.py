@@ -1,7 +1,7 @@
 """What the SupervisorActor is told, and by whom (DESIGN.md "Supervision").
 
 pykka has no links or monitors, so the supervisor builds them out of these: its children
-report failures, stops and what they observed; the ownership actor says which accounts
+report failures, stops and what they observed; the lease coordinator says which accounts
 to run; the ticker drives liveness rounds and scheduled starts. Every report from a
 child names the child's `generation`: news from a replaced actor is told apart and
 ignored.
@@ -13,23 +13,29 @@ from typing import Literal, Optional, Union
 
 from wasync.actors.reply import Reply
 from wasync.runtime.account import AccountFacts, AccountRecord
+from wasync.runtime.store.base import Fence
 
-# --- from the ownership actor -----------------------------------------------------------
+# --- from the lease coordinator -----------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Owned:
-    """Run this account here (as stored when ownership began)."""
+    """Run this account here (as stored when ownership began), under this lease: writes
+    that must not come from a former owner carry the fence."""
 
     record: AccountRecord
+    fence: Fence
 
 
 @dataclass(frozen=True)
 class Lost:
-    """Stop running this account here."""
+    """Stop running this account here. `graceful`: the lease is still ours until the
+    account has stopped (given up, removed), so its last status may still be written;
+    otherwise another instance may already run it, and nothing fenced is written."""
 
     account_id: str
     reason: str
+    graceful: bool = False
 
 
 # --- from the ticker ----------------------------------------------------------------------
@@ -125,6 +131,7 @@ class WriteRejected:
     account_id: str
     reason: str
     rows: int
+    stale_fence: Optional[Fence] = None  # the fence the store refused (another instance holds the lease)
 
 
 # --- from the control facade and the daemon --------------------------------------------------

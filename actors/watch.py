@@ -16,6 +16,7 @@ from wasync.actors.slot import SessionSlot
 from wasync.runtime.account import NO_REPAIR, Repair, Supervision
 from wasync.runtime.backoff import Backoff
 from wasync.runtime.model import AccountStatus as S
+from wasync.runtime.store.base import Fence
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Watch:
     account_id: str
     phone: Optional[str] = None
     owned: bool = True
+    fence: Optional[Fence] = None  # the lease it runs under (status and repair writes carry it)
     generation: int = 0  # of the newest child
     child: Optional[Child] = None
     stopping: dict[int, Child] = field(default_factory=dict)  # told to stop, not yet gone

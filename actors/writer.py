@@ -33,7 +33,7 @@ from wasync.runtime.board import Board
 from wasync.runtime.clock import Clock
 from wasync.runtime.metrics import Metrics
 from wasync.runtime.spool import Spool
-from wasync.runtime.store.base import Refused, StoreError
+from wasync.runtime.store.base import Fence, Refused, StaleFence, StoreError
 from wasync.runtime.ticker import Timer, Timers
 
 log = logging.getLogger("wasync.writer")
@@ -193,11 +193,16 @@ class StoreWriterActor(pykka.ThreadingActor):
         reason = _describe(exc)
         log.error("[realtime] accountId=%s the store refused a write for good (%s): %d events quarantined",
                   item.account_id, reason, len(seqs), exc_info=not isinstance(exc, Refused))
+        if isinstance(exc, StaleFence):
+            log.warning("[lease] accountId=%s a write with a stale fence was refused", item.account_id)
         self.spool.quarantine(seqs, f"store refused: {reason}")
         self.metrics.store_rejected.labels(reason=type(exc).__name__).inc()
         self.metrics.quarantined.inc(len(seqs))
+        stale = getattr(item, "fence", None) if isinstance(exc, StaleFence) else None
+        if isinstance(exc, StaleFence):
+            self.metrics.stale_fence_rejections.inc()
         try:
-            self.on_rejected(WriteRejected(item.account_id, reason, len(seqs)))
+            self.on_rejected(WriteRejected(item.account_id, reason, len(seqs), stale_fence=stale))
         except pykka.ActorDeadError:
             pass  # shutting down
 
@@ -219,13 +224,14 @@ class StoreWriterActor(pykka.ThreadingActor):
                 if found:
                     apply(found, now_ms)
             op = "accounts"
-            patches: dict[str, AccountPatch] = {}
+            patches: dict[tuple[str, Optional[Fence]], AccountPatch] = {}  # fenced ones apart
             for item in items:
                 if item.patch:
-                    earlier = patches.get(item.account_id)
-                    patches[item.account_id] = item.patch if earlier is None else earlier.then(item.patch)
-            for account_id, patch in patches.items():
-                self.store.update_account(account_id, patch, now_ms)
+                    key = (item.account_id, getattr(item, "fence", None))
+                    earlier = patches.get(key)
+                    patches[key] = item.patch if earlier is None else earlier.then(item.patch)
+            for (account_id, fence), patch in patches.items():
+                self.store.update_account(account_id, patch, now_ms, fence=fence)
         except Exception:
             self.metrics.store_errors.labels(op=op).inc()
             raise

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from wasync.runtime.account import AccountPatch
+from wasync.runtime.store.base import Fence
 from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, ThreadUpdate
 
 
@@ -31,10 +32,12 @@ class IngestBatch:
 
 @dataclass(frozen=True)
 class AccountUpdate:
-    """A decision about an account to store (the supervisor's status and repair flags)."""
+    """A decision about an account to store (the supervisor's status and repair flags),
+    fenced: the store refuses it once another instance holds the account's lease."""
 
     account_id: str
     patch: AccountPatch
+    fence: Optional[Fence] = None
 
 
 @dataclass(frozen=True)

@@ -217,7 +217,8 @@ class AccountState:
     repair_reason: Optional[str] = None
     repair_requested_ms: Optional[int] = None
     restarts: int = 0
-    lease_holder: Optional[str] = None
+    lease_holder: Optional[str] = None  # the instance whose lease covers the account, and its epoch
+    lease_epoch: Optional[int] = None
     last_real_message_ms: Optional[int] = None
     last_protocol_message_ms: Optional[int] = None
     connected_since_ms: Optional[int] = None

@@ -3,7 +3,8 @@ Reads never wait for an actor or the store (DESIGN: read-only endpoints read sna
 
 Each fact has one writer:
 - account actors: their `AccountFacts` (only the generation the supervisor runs counts);
-- the ownership actor: which accounts this instance runs;
+- the lease coordinator: which accounts this instance runs, who holds the others, the
+  live instances, and whether this instance takes part (mode);
 - the supervisor: its `Supervision` of each account, and which accounts it watches;
 - the writer: how its last store write went; the store monitor: the last ping and the
   spool's depth; the system: readiness.
@@ -12,7 +13,7 @@ Readers get them put together (`AccountState.of`, `StoreHealth`), never reconcil
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from wasync.runtime.account import AccountFacts, AccountState, Supervision
@@ -29,6 +30,27 @@ class StoreHealth:
 
 
 @dataclass(frozen=True)
+class InstanceView:
+    """An instance as the lease coordinator last saw it in `instances/`."""
+
+    instance_id: str
+    live: bool
+    held: int  # leases it holds
+    unchanged_for_ms: int  # since its heartbeat last changed, on this instance's clock
+    started_at: Optional[str] = None
+    version: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    mode: str  # "active": renewing and taking leases; "passive": cannot (store unreachable, draining)
+    held: int
+    holders: dict  # account -> (holder instance, epoch), for every held lease seen
+    instances: tuple[InstanceView, ...] = ()
+    owned: Optional[frozenset[str]] = None  # accounts this instance runs; None until the first read
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """The daemon's state as last published."""
 
@@ -42,6 +64,7 @@ class Snapshot:
     taken_at_ms: int = 0
     # per account: {"accountId", "lastRealtimeIngestAt", "lastRealtimeMessageAt", "lastRealtimeError"}
     latest_realtime: tuple[dict, ...] = field(default=())
+    leases: Optional[LeaseView] = None  # None until the lease coordinator has published
 
 
 @dataclass(frozen=True)
@@ -70,7 +93,7 @@ class Board:
         self._ping = _Check()
         self._ready = False
         self._spool: tuple[int, Optional[int]] = (0, None)
-        self._owned: Optional[frozenset[str]] = None  # None until the first read of the account list
+        self._leases: Optional[LeaseView] = None
 
     # --- writers ---------------------------------------------------------------------
 
@@ -95,9 +118,9 @@ class Board:
             if decided is not None and decided.generation == facts.generation:
                 self._observed[facts.account_id] = facts
 
-    def publish_owned(self, accounts: frozenset[str]) -> None:
+    def publish_leases(self, view: LeaseView) -> None:
         with self._lock:
-            self._owned = accounts
+            self._leases = view
 
     def publish_writes(self, ok: bool, error: Optional[str] = None) -> None:
         now = self.clock.wall_ms()
@@ -122,7 +145,12 @@ class Board:
     def account(self, account_id: str) -> Optional[AccountState]:
         with self._lock:
             decided = self._decided.get(account_id)
-            return None if decided is None else AccountState.of(decided, self._observed.get(account_id))
+            return None if decided is None else self._state(account_id, decided)
+
+    def _state(self, account_id: str, decided: Supervision) -> AccountState:
+        holder, epoch = (self._leases.holders.get(account_id) if self._leases else None) or (None, None)
+        return replace(AccountState.of(decided, self._observed.get(account_id)), lease_holder=holder,
+                       lease_epoch=epoch)
 
     def qr(self, account_id: str) -> Optional[str]:
         """The pairing code a phone should scan now (None when not pairing)."""
@@ -134,12 +162,13 @@ class Board:
         """Whether an actor here reads the account's spool rows (now, or once it starts).
         Until the account list has been read, every account may yet be run here."""
         with self._lock:
-            if self._owned is None:
+            owned = self._leases.owned if self._leases is not None else None
+            if owned is None:
                 return True
             decided = self._decided.get(account_id)
             if decided is not None:
                 return decided.ingesting
-            return account_id in self._owned  # owned: the supervisor is about to start it
+            return account_id in owned  # owned: the supervisor is about to start it
 
     def store_health(self) -> StoreHealth:
         with self._lock:
@@ -157,13 +186,15 @@ class Board:
         now = self.clock.wall_ms()
         with self._lock:
             depth, oldest = self._spool
-            accounts = tuple(AccountState.of(d, self._observed.get(a)) for a, d in sorted(self._decided.items()))
+            accounts = tuple(self._state(a, d) for a, d in sorted(self._decided.items()))
             realtime = tuple({"accountId": f.account_id, "lastRealtimeIngestAt": f.realtime_ingest_ms,
                               "lastRealtimeMessageAt": f.realtime_message_ms, "lastRealtimeError": f.realtime_error}
                              for f in self._observed.values()
                              if f.realtime_ingest_ms is not None or f.realtime_error is not None)
             return Snapshot(
-                instance_id=self.instance_id, ready=self._ready, mode="active", store=self._store_health(),
+                instance_id=self.instance_id, ready=self._ready,
+                mode=self._leases.mode if self._leases else "passive", store=self._store_health(),
                 accounts=accounts, spool_depth=depth,
                 spool_oldest_age_ms=None if oldest is None else max(0, now - oldest), taken_at_ms=now,
-                latest_realtime=tuple({k: v for k, v in r.items() if v is not None} for r in realtime))
+                latest_realtime=tuple({k: v for k, v in r.items() if v is not None} for r in realtime),
+                leases=self._leases)

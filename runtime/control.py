@@ -14,7 +14,7 @@ from typing import Optional, Protocol
 
 import pykka
 
-from wasync.actors.ownership_protocol import Refresh
+from wasync.actors.leases_protocol import Refresh
 from wasync.actors.reply import new_reply
 from wasync.actors.supervisor_protocol import InjectFault, RequestPairingCode, RestartAccount
 from wasync.runtime.board import Board, Snapshot
@@ -67,10 +67,10 @@ class DaemonControl(Protocol):
 class SystemControl:
     """DaemonControl over a running system (runtime/daemon.py wires it)."""
 
-    def __init__(self, store, board: Board, clock: Clock, supervisor: pykka.ActorRef, ownership: pykka.ActorRef,
+    def __init__(self, store, board: Board, clock: Clock, supervisor: pykka.ActorRef, leases: pykka.ActorRef,
                  reply_timeout_s: float = REPLY_TIMEOUT_S):
         self.store, self.board, self.clock = store, board, clock
-        self.supervisor, self.ownership = supervisor, ownership
+        self.supervisor, self.leases = supervisor, leases
         self.reply_timeout_s = reply_timeout_s
 
     def snapshot(self) -> Snapshot:
@@ -127,6 +127,6 @@ class SystemControl:
 
     def _refresh(self) -> None:
         try:
-            self.ownership.tell(Refresh(self.clock.monotonic_s()))
+            self.leases.tell(Refresh())
         except pykka.ActorDeadError:
             pass  # shutting down: the change is stored, the next start reads it

@@ -1,10 +1,11 @@
 """The only place that picks concrete adapters and wires the daemon together.
 
 `build_system(settings, clock, ticker)` makes every part; `System.start()` starts the
-actors in order (writer, supervisor, sweeper, store monitor, ownership: the last one
-tells the supervisor what to run); `System.stop()` drains: stop every session (no new
-events), let the actors and the sweeper hand every spool row to the writer, flush (at
-most `drain_s`), stop the actors, close the adapters. Tests build the same system with
+actors in order (writer, supervisor, sweeper, store monitor, lease coordinator: the
+last one tells the supervisor what to run); `System.stop()` drains: take no more
+leases, stop every session (no new events), let the actors and the sweeper hand every
+spool row to the writer, flush (at most `drain_s`), release every lease so other
+instances take the accounts over at once, stop the actors, close the adapters. Tests build the same system with
 a FakeClock and a FakeTicker, and with their own store or transport.
 """
 from __future__ import annotations
@@ -23,7 +24,8 @@ import pykka
 from wasync.actors.account import AccountActor, AccountDeps
 from wasync.actors.ingest import Ingest
 from wasync.actors.monitor import StoreMonitorActor
-from wasync.actors.ownership import OwnershipActor
+from wasync.actors.leases import LeaseCoordinatorActor
+from wasync.actors.leases_protocol import Draining, ReleaseAll
 from wasync.actors.reply import new_reply
 from wasync.actors.startgate import StartGate
 from wasync.actors.supervisor import SupervisorActor
@@ -89,7 +91,7 @@ class System:
     supervisor: Optional[pykka.ActorRef] = None
     sweeper: Optional[pykka.ActorRef] = None
     monitor: Optional[pykka.ActorRef] = None
-    ownership: Optional[pykka.ActorRef] = None
+    leases: Optional[pykka.ActorRef] = None
     control: Optional[SystemControl] = None
 
     def start(self) -> "System":
@@ -107,14 +109,17 @@ class System:
 
         self.supervisor = SupervisorActor.start(make_child, writer=self.writer, board=self.board,
                                                 metrics=self.metrics, gate=self.gate, ticker=self.ticker,
-                                                clock=self.clock, alerts=self.alerts, policy=self.policy)
+                                                clock=self.clock, alerts=self.alerts, policy=self.policy,
+                                                to_leases=lambda message: self.leases.tell(message))
         self.sweeper = SweeperActor.start(ingest, self.writer, self.board, self.ticker)
         self.monitor = StoreMonitorActor.start(self.store, self.spool, self.board, self.writer, self.ticker)
         left = self.spool.depth()
         if left:
             log.info("[realtime] spool holds %d events from an earlier run: replaying them first", left)
-        self.ownership = OwnershipActor.start(self.store, self.supervisor, self.board, self.ticker, self.clock)
-        self.control = SystemControl(self.store, self.board, self.clock, self.supervisor, self.ownership)
+        self.leases = LeaseCoordinatorActor.start(self.store, self.supervisor, self.board, self.metrics, self.ticker,
+                                                  self.clock, instance_id=s.instance_id, lease_ms=s.lease_ms,
+                                                  version=VERSION)
+        self.control = SystemControl(self.store, self.board, self.clock, self.supervisor, self.leases)
         self.board.set_ready(True)
         log.info("[supervisor] wasync %s started instanceId=%s store=%s transport=%s",
                  VERSION, s.instance_id, self.store.name, s.transport)
@@ -123,7 +128,7 @@ class System:
     def stop(self, drain_s: float = DRAIN_S) -> bool:
         """Drain and close; True if the spool was emptied within `drain_s`."""
         self.board.set_ready(False)
-        _stop(self.ownership, 10)  # nothing new to run or to stop
+        self.leases.tell(Draining())  # nothing new to run; leases held are still renewed
         stopped = new_reply()
         self.supervisor.tell(StopSessions(stopped))
         try:
@@ -134,7 +139,13 @@ class System:
         left = self.spool.depth()
         log.info("[supervisor] shutting down: spool %s (%d events left for the next start)",
                  "empty" if drained else "not empty", left)
-        for actor in (self.monitor, self.sweeper, self.supervisor):
+        released = new_reply()  # the sockets are stopped: others may take the accounts now
+        self.leases.tell(ReleaseAll(released))
+        try:
+            released.get(timeout=10)
+        except pykka.Timeout:
+            log.error("[lease] the leases could not be released in 10 s: others take over after a lease")
+        for actor in (self.leases, self.monitor, self.sweeper, self.supervisor):
             _stop(actor, 10)
         _stop_together(pykka.ActorRegistry.get_by_class(AccountActor), 10)
         _stop(self.writer, 30)

@@ -97,6 +97,18 @@ class Metrics:
         self.stream_replaced = Counter(
             "wasync_stream_replaced_total", "Sessions stopped because another client took them over (StreamReplaced)",
             registry=r)
+        # --- leases ------------------------------------------------------------
+        self.leases_held = Gauge("wasync_leases_held", "Account leases this instance holds", registry=r)
+        self.live_instances = Gauge("wasync_live_instances", "Instances whose heartbeat moved within a lease",
+                                    registry=r)
+        self.lease_acquired = Counter(
+            "wasync_lease_acquired_total", "Leases taken, by what they were: free, released, expired",
+            ("reason",), registry=r)
+        self.lease_lost = Counter(
+            "wasync_lease_lost_total", "Leases given up or lost, by why", ("reason",), registry=r)
+        self.stale_fence_rejections = Counter(
+            "wasync_stale_fence_rejections_total", "Writes refused because their lease epoch was stale", registry=r)
+
         self.actor_failures = Counter(
             "wasync_actor_failures_total", "Actor crashes reported to the supervisor, by actor kind",
             ("actor",), registry=r)
@@ -107,6 +119,10 @@ class Metrics:
             self.message_class.labels(cls)
         for reason in ("failure", "degraded", "hung", "session_failed", "start_failed"):
             self.restarts.labels(reason)
+        for reason in ("free", "released", "expired"):
+            self.lease_acquired.labels(reason)
+        for reason in ("taken", "deadline", "rebalancing", "removed", "fenced", "unwanted"):
+            self.lease_lost.labels(reason)
         for status in AccountStatus:
             self.sessions.labels(status.value).set(0)
 

@@ -16,6 +16,7 @@ from pykka.messages import ProxyGetAttr
 
 from transports import ScriptedTransport
 from wasync.actors.account import AccountActor
+from wasync.actors.lease_io import LeaseIOActor
 from wasync.actors.supervisor_protocol import RunningAccounts
 from wasync.runtime import config
 from wasync.runtime.clock import FakeClock
@@ -37,13 +38,13 @@ def _round_trip(ref: pykka.ActorRef, timeout_s: float) -> bool:
 
 class SystemRig:
     def __init__(self, tmp_path: Path, accounts: Iterable[tuple[str, Optional[str]]] = (), *, transport=None,
-                 **env: str):
-        settings = config.load({"WASYNC_DATA_DIR": str(tmp_path / "data"), "INSTANCE_ID": "i1",
+                 store=None, instance_id: str = "i1", **env: str):
+        settings = config.load({"WASYNC_DATA_DIR": str(tmp_path / "data"), "INSTANCE_ID": instance_id,
                                 "WASYNC_MAX_STARTS_PER_SECOND": "100", **env})
         self.clock = FakeClock()
         self.ticker = FakeTicker(self.clock)
         self.transport = transport if transport is not None else ScriptedTransport()
-        self.system: System = build_system(settings, self.clock, self.ticker, sessions=self.transport)
+        self.system: System = build_system(settings, self.clock, self.ticker, sessions=self.transport, store=store)
         self.store, self.board, self.metrics = self.system.store, self.system.board, self.system.metrics
         for account_id, phone in accounts:
             self.store.create_account(account_id, phone, self.clock.wall_ms())
@@ -67,8 +68,9 @@ class SystemRig:
         """Every actor has handled what it was told, cascades included (a few rounds)."""
         s = self.system
         for _ in range(rounds):
-            for ref in (s.ownership, s.supervisor, s.sweeper, s.writer):
-                _round_trip(ref, 10)
+            for ref in (s.leases, *pykka.ActorRegistry.get_by_class(LeaseIOActor), s.supervisor, s.sweeper, s.writer):
+                if ref is not None:
+                    _round_trip(ref, 10)
             for ref in pykka.ActorRegistry.get_by_class(AccountActor):
                 if ref.actor_urn not in self._hung and not _round_trip(ref, 0.5):
                     self._hung.add(ref.actor_urn)

@@ -1,0 +1,175 @@
+"""The lease coordinator with several instances in one process: real systems
+(build_system) sharing one SQLite store file, each on its own FakeClock, moved together.
+Who runs what, takeover only after a whole lease of silence, holders stopping before
+that, graceful handover, rebalancing, fencing. Real processes: test_chaos.py."""
+from __future__ import annotations
+
+import pykka
+import pytest
+
+from systemrig import SystemRig
+from wasync.actors.account import AccountActor
+from wasync.runtime.store.sqlite import SqliteStore
+
+LEASE_S = 15.0
+ACCOUNTS = [(f"a{n:02d}", f"155500{n:05d}") for n in range(10)]
+
+
+class Cluster:
+    def __init__(self, tmp_path):
+        self.tmp_path = tmp_path
+        self.path = tmp_path / "shared.db"
+        self.rigs: dict[str, SystemRig] = {}
+        first = SqliteStore(self.path)
+        for account_id, phone in ACCOUNTS:
+            first.create_account(account_id, phone, 1_763_900_000_000)
+        first.close()
+
+    def start(self, name: str, **env) -> SystemRig:
+        rig = SystemRig(self.tmp_path / name, store=SqliteStore(self.path, busy_timeout_ms=200), instance_id=name,
+                        **env)
+        for account_id, _ in ACCOUNTS:
+            rig.transport.connect_on_start.add(account_id)
+        self.rigs[name] = rig.start()
+        return rig
+
+    def advance(self, seconds: float, step: float = 0.5) -> None:
+        """Every instance's clock moves together (each rig settles its own actors)."""
+        left = seconds
+        while left > 1e-9:
+            dt = min(step, left)
+            for rig in self.live():
+                rig.ticker.advance(dt)
+            for rig in self.live():
+                rig.settle()
+            left -= dt
+
+    def live(self) -> list[SystemRig]:
+        return [r for r in self.rigs.values() if not r.stopped]
+
+    def running(self) -> dict[str, tuple[str, ...]]:
+        return {name: rig.running() for name, rig in self.rigs.items() if not rig.stopped}
+
+    def owners(self) -> dict[str, list[str]]:
+        """account -> instances running it (must never be more than one)."""
+        out: dict[str, list[str]] = {a: [] for a, _ in ACCOUNTS}
+        for name, accounts in self.running().items():
+            for account_id in accounts:
+                out[account_id].append(name)
+        return out
+
+    def crash(self, name: str) -> None:
+        """The instance dies: its sockets go, its leases and heartbeat stay as they were."""
+        rig = self.rigs[name]
+        rig.stopped = True
+        s = rig.system
+        for ref in (s.leases, s.monitor, s.sweeper, s.supervisor):
+            ref.stop()
+        rig.transport.release()
+        s.writer.stop()
+        s.store.close()
+        s.spool.close()
+
+    def stop_all(self) -> None:
+        for rig in self.live():
+            rig.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path)
+    yield c
+    c.stop_all()
+    pykka.ActorRegistry.stop_all(timeout=10)
+
+
+def assert_one_owner_each(cluster, allow_unowned=False):
+    owners = cluster.owners()
+    assert all(len(o) <= 1 for o in owners.values()), owners
+    if not allow_unowned:
+        assert all(len(o) == 1 for o in owners.values()), owners
+
+
+def test_two_instances_share_the_accounts_and_never_run_one_twice(cluster):
+    a = cluster.start("i-a")
+    b = cluster.start("i-b")
+    for _ in range(12):  # two leases, in steps, checking as it goes
+        cluster.advance(2.5)
+        assert_one_owner_each(cluster, allow_unowned=True)
+    assert_one_owner_each(cluster)
+    counts = sorted(len(r) for r in cluster.running().values())
+    assert counts == [5, 5], cluster.running()
+    assert a.metrics.leases_held._value.get() + b.metrics.leases_held._value.get() == 10
+    view = a.board.snapshot().leases
+    assert view.mode == "active" and {i.instance_id for i in view.instances if i.live} == {"i-a", "i-b"}
+
+
+def test_a_dead_instance_is_taken_over_only_after_a_whole_lease(cluster):
+    cluster.start("i-a")
+    b = cluster.start("i-b")
+    cluster.advance(2 * LEASE_S)
+    theirs = set(cluster.running()["i-a"])
+    assert len(theirs) == 5
+    cluster.crash("i-a")
+    cluster.advance(LEASE_S - 2.5)  # not yet: its last renewal may be a whole lease old only later
+    assert not theirs & set(b.running())
+    cluster.advance(2 * LEASE_S / 3 + 5)  # a lease after b last saw each record change, plus a round
+    assert theirs <= set(b.running()) and len(b.running()) == 10
+    assert b.metrics.lease_acquired.labels(reason="expired")._value.get() == 5
+
+
+def test_a_holder_that_cannot_renew_stops_its_sockets_before_anyone_may_take_over(cluster, tmp_path):
+    import sqlite3
+
+    a = cluster.start("i-a")
+    cluster.advance(5)
+    assert len(a.running()) == 10
+    blocker = sqlite3.connect(cluster.path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # the store stops answering a
+    try:
+        cluster.advance(5)  # renewal sent at ~5 s after the last success: fails
+        assert len(a.running()) == 10
+        cluster.advance(6)  # 2/3 of a lease (10 s) after the last successful renewal was sent
+        assert a.running() == ()
+        assert a.metrics.lease_lost.labels(reason="deadline")._value.get() == 10
+        assert a.board.snapshot().leases.mode == "passive"
+    finally:
+        blocker.execute("ROLLBACK")
+    cluster.advance(2 * LEASE_S)  # its own leases look unchanged for a whole lease: taken back
+    assert len(a.running()) == 10 and a.board.snapshot().leases.mode == "active"
+
+
+def test_sigterm_hands_over_at_once_and_a_newcomer_gets_its_share(cluster):
+    a = cluster.start("i-a")
+    cluster.advance(5)
+    assert len(a.running()) == 10
+    b = cluster.start("i-b")
+    cluster.advance(2 * LEASE_S)  # a gives up the newest accounts gracefully; b takes them released
+    assert sorted(len(r) for r in cluster.running().values()) == [5, 5]
+    assert a.metrics.lease_lost.labels(reason="rebalancing")._value.get() == 5
+    assert b.metrics.lease_acquired.labels(reason="released")._value.get() == 5
+    a.stop()  # SIGTERM: sockets stopped, leases released
+    cluster.advance(LEASE_S / 3 + 0.5)  # b's next round finds them released: no lease to wait out
+    assert len(b.running()) == 10
+
+
+def test_a_former_holder_cannot_write_with_its_old_epoch(cluster):
+    from wasync.actors.writer_protocol import AccountUpdate
+    from wasync.runtime.account import AccountPatch
+    from wasync.runtime.model import AccountStatus
+    from wasync.runtime.store.base import Fence
+
+    a = cluster.start("i-a")
+    cluster.advance(5)
+    old = a.store.get_lease("a03")
+    cluster.crash("i-a")
+    b = cluster.start("i-b")
+    cluster.advance(2 * LEASE_S)
+    new = b.store.get_lease("a03")
+    assert (new.holder, new.epoch) == ("i-b", old.epoch + 1)
+    # what i-a would have written had it woken up now
+    b.system.writer.tell(AccountUpdate("a03", AccountPatch(status=AccountStatus.LOGGED_OUT), Fence("i-a", old.epoch)))
+    cluster.advance(1)
+    assert b.metrics.stale_fence_rejections._value.get() == 1
+    assert b.store.get_account("a03")["status"] != "logged_out"
+    assert len(pykka.ActorRegistry.get_by_class(AccountActor)) == 10  # b still runs all of them
