@@ -105,8 +105,9 @@ class Ingest:
                 self.metrics.messages_ingested.labels(source=msg.sync_source.value, type=msg.message_type.value).inc()
         result = HistorySyncResult(saved=0 if dry else len(event.messages), skipped=event.skipped, errors=0,
                                    total=len(event.messages) + event.skipped, dry_run=dry)
-        # Known by its spool row: a replayed chunk is not counted twice.
-        b.patch(AccountPatch(history=HistorySyncUpdate(self.clock.wall_ms(), result, self.spool.id, (row.seq,))))
+        # Known by the spool row it was first written to: a replayed chunk is not counted twice.
+        chunk = row.origin or (self.spool.id, row.seq)
+        b.patch(AccountPatch(history=HistorySyncUpdate(self.clock.wall_ms(), result, (chunk,))))
         log.info("[history-sync] accountId=%s type=%s chunk=%d messages=%d skipped=%d dryRun=%s", b.account_id,
                  event.sync_type.value, event.chunk_order, len(event.messages), event.skipped, dry)
 

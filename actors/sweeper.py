@@ -3,7 +3,8 @@ row is ever stranded.
 
 Rows keep arriving for an account after its actor let go of it: the session's last
 `Disconnected` as it stops, events of a session killed from outside, rows an earlier run
-left for an account since removed. The account may be removed, held for repair, taken
+left for an account since removed. And a process on this host may die with rows in its
+own spool file: every ADOPT_EVERY_S the sweeper adopts such files (runtime/spool.py). The account may be removed, held for repair, taken
 over by another client, or moved to another instance. Whatever the reason, its rows are
 still written to the store (through the same fold as the account actor's,
 actors/ingest.py) or quarantined with the reason; an account that an actor here reads
@@ -24,6 +25,7 @@ from wasync.runtime.ticker import Timers
 log = logging.getLogger("wasync.sweeper")
 
 SWEEP_EVERY_S = 2.0
+ADOPT_EVERY_S = 30.0
 ROWS_PER_STEP = 500
 
 
@@ -47,6 +49,7 @@ class SweeperActor(pykka.ThreadingActor):
         self.ingest, self.writer, self.board, self.ticker = ingest, writer, board, ticker
         self.every_s = every_s
         self.cursors: dict[str, int] = {}  # per account: last seq handed to the writer
+        self._sweeps = 0
 
     def on_start(self) -> None:
         self.ticker.later(self.actor_ref, SweepDue(), self.every_s)
@@ -63,6 +66,10 @@ class SweeperActor(pykka.ThreadingActor):
 
     def _sweep(self) -> int:
         spool = self.ingest.spool
+        self._sweeps += 1
+        if self._sweeps % max(1, round(ADOPT_EVERY_S / self.every_s)) == 0:
+            for orphan in spool.orphans():
+                spool.adopt(orphan)
         pending = set(spool.accounts_with_pending())
         for account_id in list(self.cursors):
             if account_id not in pending or self.board.ingesting(account_id):

@@ -259,10 +259,11 @@ class StoreReader:
 
 
 def spool_depth(data_dir: Path) -> int:
-    """Exact, read from the spool file (/diag's figure is refreshed only every 2 s)."""
-    path = data_dir / "spool.db"
-    if not path.exists():
-        return 0
+    """Exact, read from the spool files (/diag's figure is refreshed only every 2 s)."""
+    return sum(_count(path) for path in (data_dir / "spool").glob("*.db"))
+
+
+def _count(path: Path) -> int:
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
     try:
         return conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]

@@ -2,7 +2,8 @@
 (the account documents), for every endpoint that shows accounts: the accounts list, the
 dashboard and the health endpoint. Live state wins for what the daemon decides and
 observes now (status, connected, warnings, repair); the document supplies the rest, and
-an account that does not run here is said to be so.
+an account that does not run here is said to be so. The lease holder and epoch come
+from the lease coordinator's last read, for accounts running anywhere.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from wasync.runtime.account import AccountState
+from wasync.runtime.board import Snapshot
 
 NOT_HERE = "not running on this instance"
 
@@ -19,6 +21,14 @@ class AccountView:
     account_id: str
     doc: dict  # the stored document ({} when the store could not be read)
     live: Optional[AccountState]  # None: no actor of this instance supervises it
+    lease: Optional[tuple[str, int]] = None  # (holder instance, epoch) as the lease coordinator last saw it
+
+    def _holder(self, instance_id: str) -> tuple[Optional[str], Optional[int]]:
+        if self.live is not None and self.live.lease_holder:
+            return self.live.lease_holder, self.live.lease_epoch
+        if self.lease is not None:
+            return self.lease
+        return (instance_id, None) if self.live is not None else (None, None)
 
     @property
     def status(self) -> str:
@@ -38,24 +48,25 @@ class AccountView:
             "degraded": False, "warning": NOT_HERE, "needsRepair": bool(doc.get("needsRepair")),
             "repairReason": doc.get("repairReason"), "restarts": 0, "lastRealMessageMs": None,
             "lastHistorySyncAt": doc.get("lastHistorySyncAt"), "lastRealtimeMessageAt": doc.get("lastRealtimeMessageAt"),
-            "lastBackfillAt": doc.get("lastBackfillAt"), "leaseHolder": None,
+            "lastBackfillAt": doc.get("lastBackfillAt"),
         }
+        row["leaseHolder"], row["leaseEpoch"] = self._holder(instance_id)
         if live is not None:
             row.update(phone=live.phone or row["phone"], connected=live.connected, degraded=live.is_degraded,
                        warning=live.warning, needsRepair=live.needs_repair, repairReason=live.repair_reason,
-                       restarts=live.restarts, lastRealMessageMs=live.last_real_message_ms,
-                       leaseHolder=live.lease_holder or instance_id)
+                       restarts=live.restarts, lastRealMessageMs=live.last_real_message_ms)
         return row
 
     def health(self, now_ms: int, instance_id: str) -> dict:
         """GET /api/whatsapp/accounts/{id}/health (SPEC §4 and what supervision adds)."""
         live = self.live
+        holder, epoch = self._holder(instance_id)
         if live is None:
             return {"success": True, "accountId": self.account_id, "status": self.status, "connected": False,
                     "lastRealMessageMs": None, "timeSinceLastRealMs": None, "isDegraded": False, "warning": NOT_HERE,
                     "needsRepair": bool(self.doc.get("needsRepair")), "repairReason": self.doc.get("repairReason"),
                     "restarts": 0, "lastProtocolMessageMs": None, "connectedSinceMs": None, "keepaliveTimeouts": 0,
-                    "undecryptableRecent": 0, "instanceId": instance_id}
+                    "undecryptableRecent": 0, "instanceId": instance_id, "leaseHolder": holder, "leaseEpoch": epoch}
         last_real = live.last_real_message_ms
         return {
             "success": True, "accountId": self.account_id, "status": self.status, "connected": live.connected,
@@ -65,12 +76,19 @@ class AccountView:
             "repairReason": live.repair_reason, "restarts": live.restarts,
             "lastProtocolMessageMs": live.last_protocol_message_ms, "connectedSinceMs": live.connected_since_ms,
             "keepaliveTimeouts": live.keepalive_timeouts, "undecryptableRecent": live.undecryptable_recent,
-            "instanceId": instance_id,
+            "instanceId": instance_id, "leaseHolder": holder, "leaseEpoch": epoch,
         }
 
 
-def merge(docs: Iterable[dict], live: Iterable[AccountState]) -> list[AccountView]:
+def merge(docs: Iterable[dict], snapshot: Snapshot) -> list[AccountView]:
     """Every account that is stored or live, by id."""
     by_id = {d["accountId"]: d for d in docs}
-    states = {s.account_id: s for s in live}
-    return [AccountView(a, by_id.get(a, {}), states.get(a)) for a in sorted(by_id.keys() | states.keys())]
+    states = {s.account_id: s for s in snapshot.accounts}
+    holders = snapshot.leases.holders if snapshot.leases is not None else {}
+    return [AccountView(a, by_id.get(a, {}), states.get(a), holders.get(a)) for a in sorted(by_id.keys() | states.keys())]
+
+
+def one(account_id: str, doc: dict, snapshot: Snapshot) -> AccountView:
+    live = next((a for a in snapshot.accounts if a.account_id == account_id), None)
+    holders = snapshot.leases.holders if snapshot.leases is not None else {}
+    return AccountView(account_id, doc, live, holders.get(account_id))

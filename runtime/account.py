@@ -86,16 +86,15 @@ class HistorySyncResult:
 @dataclass(frozen=True)
 class HistorySyncUpdate:
     """History chunks folded into one change. Each chunk adds one to `historySyncCount`
-    once, however often its spool row is replayed: a chunk is known by (spool id, seq)."""
+    once, however often its spool row is replayed: a chunk is known by the spool it was
+    first written to and its seq there."""
 
     at_ms: int
     result: HistorySyncResult
-    spool_id: str
-    chunk_seqs: tuple[int, ...]
+    chunks: tuple[tuple[str, int], ...]  # (spool id, seq)
 
     def then(self, later: "HistorySyncUpdate") -> "HistorySyncUpdate":
-        return HistorySyncUpdate(later.at_ms, later.result, later.spool_id,
-                                 tuple(sorted(set(self.chunk_seqs) | set(later.chunk_seqs))))
+        return HistorySyncUpdate(later.at_ms, later.result, tuple(sorted(set(self.chunks) | set(later.chunks))))
 
 
 @dataclass(frozen=True)

@@ -63,9 +63,14 @@ def run(argv: list[str]) -> int:
     import asyncio
 
     from wasync.runtime.daemon import build_system, serve
+    from wasync.runtime.spool import SpoolInUse
 
-    system = build_system(settings).start()
-    return asyncio.run(serve(system, settings))
+    try:
+        system = build_system(settings)
+    except SpoolInUse as exc:
+        print(f"wasync: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(system.start(), settings))
 
 
 def accounts(argv: list[str]) -> int:

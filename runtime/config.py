@@ -76,6 +76,19 @@ def duration_ms(unit_ms: int, minimum_ms: int = 1) -> Callable[[str], int]:
     return parse
 
 
+MIN_LEASE_MS = 3000
+
+
+def lease_ms(raw: str) -> int:
+    """WASYNC_LEASE_MS: renewals every third of it must leave room for a store round trip."""
+    value = duration_ms(1)(raw)
+    if value < MIN_LEASE_MS:
+        raise BadValue(f"too short: leases are renewed every third of it ({value // 3} ms), which leaves no room for "
+                       f"a store round trip, and a holder must stop its sockets 2/3 of a lease after its last "
+                       f"renewal; expected at least {MIN_LEASE_MS} ms")
+    return value
+
+
 def positive_float(raw: str) -> float:
     try:
         value = float(raw.strip())
@@ -178,7 +191,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("transport", ("WASYNC_TRANSPORT",), transport, "neonize", help="neonize or sim://host:port"),
     Var("log_level", ("LOG_LEVEL",), one_of("debug", "info", "warning", "error"), "info"),
     Var("max_starts_per_second", ("WASYNC_MAX_STARTS_PER_SECOND",), positive_float, 5.0),
-    Var("lease_ms", ("WASYNC_LEASE_MS",), duration_ms(1, 3000), 15000, help="socket-ownership lease"),
+    Var("lease_ms", ("WASYNC_LEASE_MS",), lease_ms, 15000, help="socket-ownership lease"),
     Var("store", ("WASYNC_STORE",), one_of("sqlite", "firestore"), "sqlite"),
     Var("google_cloud_project", ("GOOGLE_CLOUD_PROJECT",), non_empty, None),
     Var("google_application_credentials", ("GOOGLE_APPLICATION_CREDENTIALS",), non_empty, None),

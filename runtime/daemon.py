@@ -40,7 +40,7 @@ from wasync.runtime.clock import Clock
 from wasync.runtime.config import Settings
 from wasync.runtime.control import SystemControl
 from wasync.runtime.metrics import Metrics
-from wasync.runtime.spool import Spool
+from wasync.runtime.spool import Spool, spool_path
 from wasync.runtime.ticker import Ticker, Timers
 
 log = logging.getLogger("wasync.daemon")
@@ -96,6 +96,8 @@ class System:
 
     def start(self) -> "System":
         s = self.settings
+        for orphan in self.spool.orphans():  # spools of processes that died on this host: ours to replay
+            self.spool.adopt(orphan)
         self.ticker.start()
         self.writer = StoreWriterActor.start(self.store, self.spool, self.board, self.metrics, self.clock,
                                              self.ticker, on_rejected=lambda rejected: self.supervisor.tell(rejected))
@@ -211,7 +213,7 @@ def build_system(settings: Settings, clock: Optional[Clock] = None, ticker: Opti
     return System(
         settings=settings, clock=clock, ticker=ticker or Ticker(clock), metrics=Metrics(),
         board=Board(settings.instance_id, store.name, clock), store=store,
-        spool=Spool(Path(settings.data_dir) / "spool.db", clock), gate=gate,
+        spool=Spool(spool_path(settings.data_dir, settings.instance_id), clock), gate=gate,
         sessions=sessions if sessions is not None else make_sessions(settings, gate),
         alerts=alerts or Alerts(settings.instance_id, settings.repair_alert_webhook_url, clock=clock),
         calls=ThreadPoolExecutor(max_workers=SESSION_CALL_THREADS, thread_name_prefix="session-call"),

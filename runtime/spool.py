@@ -11,14 +11,26 @@ never leave the shared connection inside an open transaction, or the appends aft
 (the ack point!) would join a transaction nobody commits. Readers borrow a connection
 from a small pool, so threads that come and go (replaced actors) leave none behind.
 
+One spool per process: `open_spool` gives each instance its own file under
+`{WASYNC_DATA_DIR}/spool/`, locked while the process lives (a second process with the
+same INSTANCE_ID and data dir is refused). The spool of a process that died, on this
+host, is adopted by a live one (`adopt`): its rows move over, keeping where they came
+from, and are replayed like any other. Copying a dead host's spool file into that
+folder recovers it by hand.
+
 Durability: WAL with synchronous=NORMAL survives a crash of the process (SIGKILL), not
 a power cut of the machine in the last moments before a checkpoint.
 """
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
 import queue
+import re
 import sqlite3
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +50,13 @@ CREATE TABLE IF NOT EXISTS quarantine (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 IDLE_READERS = 4  # reader connections kept open between reads
+SPOOL_DIR = "spool"
+
+log = logging.getLogger("wasync.spool")
+
+
+class SpoolInUse(RuntimeError):
+    """Another live process holds this spool file."""
 
 
 @dataclass(frozen=True)
@@ -47,12 +66,39 @@ class SpoolRow:
     kind: str
     raw: bytes
     received_at_ms: int
+    # For a row adopted from a dead process's spool: (that spool's id, its seq there).
+    origin: Optional[tuple[str, int]] = None
+
+
+def spool_path(data_dir: str | Path, instance_id: str) -> Path:
+    """`{data_dir}/spool/{instance_id}.db` (the id made safe for a file name)."""
+    return Path(data_dir) / SPOOL_DIR / (re.sub(r"[^A-Za-z0-9._-]", "_", instance_id) + ".db")
+
+
+def _lock(path: Path):
+    """Hold `path`'s lock file for as long as the returned file is open; None if taken."""
+    handle = open(path.with_name(path.name + ".lock"), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 class Spool:
     def __init__(self, path: str | Path, clock: Optional[Clock] = None, *, busy_timeout_s: float = 30.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _lock(self.path)
+        if self._lock_file is None:
+            holder = self.path.with_name(self.path.name + ".lock").read_text().strip() or "?"
+            raise SpoolInUse(f"{self.path} is in use by another wasync process (pid {holder}): give every process "
+                             "its own INSTANCE_ID, or its own WASYNC_DATA_DIR")
         self.clock = clock or Clock()
         self._busy_timeout_s = busy_timeout_s
         # One writing connection behind a lock: appends come from many transport threads
@@ -64,6 +110,8 @@ class Spool:
         self._writer.executescript(_SCHEMA)
         with self._tx() as conn:
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('id', ?)", (uuid.uuid4().hex,))
+            if "origin" not in {c[1] for c in conn.execute("PRAGMA table_info(events)")}:
+                conn.execute("ALTER TABLE events ADD COLUMN origin TEXT")  # spools written before adoption
         with self._reading() as conn:
             # Which journal a row came from: seqs are only comparable within one spool
             # file, so replay-safe counters remember the last seq they counted per spool.
@@ -118,9 +166,9 @@ class Spool:
     def pending(self, account_id: str, after_seq: int = 0, limit: int = 500) -> list[SpoolRow]:
         with self._reading() as conn:
             rows = conn.execute(
-                "SELECT seq, account_id, kind, raw, received_at_ms FROM events "
+                "SELECT seq, account_id, kind, raw, received_at_ms, origin FROM events "
                 "WHERE account_id = ? AND seq > ? ORDER BY seq LIMIT ?", (account_id, after_seq, limit)).fetchall()
-        return [SpoolRow(*row) for row in rows]
+        return [SpoolRow(*row[:5], _origin(row[5])) for row in rows]
 
     def done(self, seqs: Iterable[int]) -> None:
         rows = [(s,) for s in seqs]
@@ -160,6 +208,62 @@ class Spool:
         with self._reading() as conn:
             return [a for (a,) in conn.execute("SELECT DISTINCT account_id FROM events")]
 
+    def adopt(self, orphan: Path) -> int:
+        """Move every row of a dead process's spool file into this one (keeping where each
+        came from, so a history chunk is still counted once) and remove that file; one
+        with quarantined rows is kept, renamed, for whoever looks into them. Returns the
+        rows moved; 0 if the file belongs to a live process."""
+        handle = _lock(orphan)
+        if handle is None:
+            return 0
+        try:
+            source = sqlite3.connect(orphan, isolation_level=None)
+            try:
+                tables = {name for (name,) in source.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if "events" not in tables:
+                    rows, quarantined, their_id = [], 0, "unknown"
+                else:
+                    their_id = (source.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()
+                                if "meta" in tables else None) or (f"legacy-{orphan.name}",)
+                    their_id = their_id[0]
+                    has_origin = "origin" in {c[1] for c in source.execute("PRAGMA table_info(events)")}
+                    rows = source.execute(
+                        f"SELECT seq, account_id, kind, raw, received_at_ms{', origin' if has_origin else ''} "
+                        "FROM events ORDER BY seq").fetchall()
+                    quarantined = source.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0] \
+                        if "quarantine" in tables else 0
+            finally:
+                source.close()
+            moved = []
+            for row in rows:
+                seq, account_id, kind, raw, received_at_ms = row[:5]
+                origin = row[5] if len(row) > 5 and row[5] else f"{their_id}:{seq}"  # adopted twice: first origin
+                moved.append((account_id, kind, raw, received_at_ms, origin))
+            with self._tx() as conn:
+                conn.executemany(
+                    "INSERT INTO events (account_id, kind, raw, received_at_ms, origin) VALUES (?, ?, ?, ?, ?)", moved)
+            for suffix in ("-wal", "-shm"):
+                orphan.with_name(orphan.name + suffix).unlink(missing_ok=True)
+            if quarantined:
+                orphan.rename(orphan.with_name(f"{orphan.name}.adopted-{int(time.time())}"))
+            else:
+                orphan.unlink(missing_ok=True)
+            log.warning("[realtime] adopted %d events from %s (a process that is gone)%s", len(rows), orphan,
+                        f"; its {quarantined} quarantined events stay in the renamed file" if quarantined else "")
+            return len(rows)
+        finally:
+            orphan.with_name(orphan.name + ".lock").unlink(missing_ok=True)
+            handle.close()
+
+    def orphans(self) -> list[Path]:
+        """Other spool files next to this one (and a legacy `{data_dir}/spool.db`): those no
+        live process holds are for `adopt`."""
+        candidates = [p for p in self.path.parent.glob("*.db") if p != self.path]
+        legacy = self.path.parent.parent / "spool.db"
+        if legacy.exists() and legacy != self.path:
+            candidates.append(legacy)
+        return sorted(candidates)
+
     def close(self) -> None:
         self._closed = True
         while True:
@@ -169,3 +273,13 @@ class Spool:
                 break
         with self._write_lock:
             self._writer.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+
+def _origin(value: Optional[str]) -> Optional[tuple[str, int]]:
+    if not value:
+        return None
+    spool_id, _, seq = value.rpartition(":")
+    return spool_id, int(seq)

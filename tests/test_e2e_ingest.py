@@ -105,7 +105,9 @@ def add_account_cli(daemon: DaemonProcess, account_id: str, phone: str) -> None:
 
 
 def spool_path(daemon: DaemonProcess) -> Path:
-    return Path(daemon.env["WASYNC_DATA_DIR"]) / "spool.db"
+    from wasync.runtime.spool import spool_path as path_of
+
+    return path_of(daemon.env["WASYNC_DATA_DIR"], daemon.env["INSTANCE_ID"])
 
 
 def spool_counts(daemon: DaemonProcess) -> tuple[int, int]:

@@ -127,13 +127,32 @@ def test_no_row_is_stranded_when_accounts_go_and_sigterm_drains_at_once(tmp_path
         print(f"SIGTERM → exit {drain_s:.1f} s")
         assert "shutting down: spool empty (0 events left" in log
         assert drain_s < 5, f"drain took {drain_s:.1f} s"
-        from wasync.runtime.spool import Spool
+        from wasync.runtime.spool import Spool, spool_path
 
-        spool = Spool(Path(daemon.env["WASYNC_DATA_DIR"]) / "spool.db")
+        spool = Spool(spool_path(daemon.env["WASYNC_DATA_DIR"], daemon.env["INSTANCE_ID"]))
         assert spool.depth() == 0 and spool.quarantined() == []
         spool.close()
     finally:
         if other is not None:
             other.close()
         daemon.kill()
+        sim.stop()
+
+
+def test_a_second_process_with_the_same_instance_id_and_data_dir_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    from daemonproc import ROOT
+
+    sim = SimProcess(world_for(["15550060001"]), tmp_path / "sim", speed=1).start()
+    first = DaemonProcess(tmp_path / "daemon", {"WASYNC_TRANSPORT": sim.address, "INSTANCE_ID": "same"}).start()
+    try:
+        env = {**first.env, "PORT": str(first.port + 1)}
+        second = subprocess.run([sys.executable, "-m", "wasync.runtime.cli", "run"], env=env, cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2, second.stderr
+        assert "in use by another wasync process" in second.stderr and "INSTANCE_ID" in second.stderr
+    finally:
+        assert first.stop() == 0
         sim.stop()

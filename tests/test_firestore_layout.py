@@ -240,9 +240,9 @@ def test_batches_stay_within_500_writes(store, db, commits):
 
 def test_account_document(store, db):
     assert store.create_account("acct1", "15550001111", NOW)
-    first = HistorySyncUpdate(NOW, HistorySyncResult(40, 2, 0, 42, False), "spool-a", (5,))
+    first = HistorySyncUpdate(NOW, HistorySyncResult(40, 2, 0, 42, False), (("spool-a", 5),))
     store.update_account("acct1", AccountPatch(status=AccountStatus.CONNECTING, history=first), NOW)
-    second = HistorySyncUpdate(NOW + 500, HistorySyncResult(1, 0, 0, 1, False), "spool-a", (6, 7))
+    second = HistorySyncUpdate(NOW + 500, HistorySyncResult(1, 0, 0, 1, False), (("spool-a", 6), ("spool-a", 7)))
     store.update_account("acct1", AccountPatch(status=AccountStatus.CONNECTED, realtime_ingest_ms=NOW + 900,
                                                realtime_message_ms=NOW + 800, history=second,
                                                repair=Repair(True, "logged out", NOW)), NOW + 1000)

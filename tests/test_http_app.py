@@ -185,11 +185,11 @@ def test_ready_is_503_until_ready(control):
     async def body(client):
         resp = await client.get("/ready")
         assert resp.status == 503
-        assert await resp.json() == {"ready": False, "mode": "passive", "instanceId": "inst-test"}
+        assert await resp.json() == {"ready": False, "mode": "passive", "instanceId": "inst-test", "leases": 0}
         control.snap = snapshot(ready=True)
         resp = await client.get("/ready")
         assert resp.status == 200
-        assert await resp.json() == {"ready": True, "mode": "active", "instanceId": "inst-test"}
+        assert await resp.json() == {"ready": True, "mode": "active", "instanceId": "inst-test", "leases": 0}
 
     serve(control, body)
 

@@ -9,6 +9,7 @@ way the daemon's does.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 import sqlite3
 import threading
 from typing import Optional
@@ -20,7 +21,7 @@ from store_fixtures import plant_account
 from wasync.http.app import create_app
 from wasync.runtime import config
 from wasync.runtime.account import AccountState
-from wasync.runtime.board import Snapshot, StoreHealth
+from wasync.runtime.board import InstanceView, LeaseView, Snapshot, StoreHealth
 from wasync.runtime.metrics import Metrics
 from wasync.runtime.model import AccountStatus
 from wasync.runtime.store.base import StoreError
@@ -119,7 +120,7 @@ def assert_error(body: dict, code: str) -> None:
 HEALTH_KEYS = {
     "success", "accountId", "status", "connected", "lastRealMessageMs", "timeSinceLastRealMs", "isDegraded",
     "warning", "needsRepair", "repairReason", "restarts", "lastProtocolMessageMs", "connectedSinceMs",
-    "keepaliveTimeouts", "undecryptableRecent", "instanceId",
+    "keepaliveTimeouts", "undecryptableRecent", "instanceId", "leaseHolder", "leaseEpoch",
 }
 
 
@@ -127,7 +128,8 @@ def test_health_of_a_connected_account_computes_time_since_last_real(control):
     control.snap = snapshot(state(
         "acc1", AccountStatus.CONNECTED, phone="15550001111", last_real_message_ms=NOW_MS - 42_000,
         last_protocol_message_ms=NOW_MS - 1_000, connected_since_ms=NOW_MS - 600_000, restarts=2,
-        keepalive_timeouts=1, undecryptable_recent=3, real_messages=10, protocol_messages=50))
+        keepalive_timeouts=1, undecryptable_recent=3, real_messages=10, protocol_messages=50,
+        lease_holder=INSTANCE, lease_epoch=4))
     data = get_json(control, health_path("acc1"))
     assert set(data) == HEALTH_KEYS
     assert data == {
@@ -136,6 +138,7 @@ def test_health_of_a_connected_account_computes_time_since_last_real(control):
         "warning": None, "needsRepair": False, "repairReason": None, "restarts": 2,
         "lastProtocolMessageMs": NOW_MS - 1_000, "connectedSinceMs": NOW_MS - 600_000,
         "keepaliveTimeouts": 1, "undecryptableRecent": 3, "instanceId": INSTANCE,
+        "leaseHolder": INSTANCE, "leaseEpoch": 4,
     }
     assert control.calls == 0  # a running account is answered from the snapshot alone
 
@@ -256,7 +259,7 @@ def test_endpoints_are_open_without_admin_token_on_loopback(control):
 ENTRY_KEYS = {
     "accountId", "phone", "status", "connected", "degraded", "warning", "needsRepair", "repairReason",
     "restarts", "lastRealMessageMs", "lastHistorySyncAt", "lastRealtimeMessageAt", "lastBackfillAt",
-    "leaseHolder",
+    "leaseHolder", "leaseEpoch",
 }
 
 
@@ -272,11 +275,14 @@ def populate(control) -> None:
     control.snap = snapshot(
         state("a3", AccountStatus.PAIRING),
         state("a1", AccountStatus.CONNECTED, phone="15550000001", last_real_message_ms=NOW_MS - 30_000,
-              lease_holder="inst-test"),
+              lease_holder="inst-test", lease_epoch=2),
         state("a2", AccountStatus.DEGRADED, is_degraded=True, warning="keepalive timed out 3 times", restarts=1),
         state("a5", AccountStatus.NEEDS_REPAIR, phone="15550000005", needs_repair=True,
               repair_reason="restart intensity exceeded", restarts=6, lease_holder="inst-other"),
     )
+    # the lease coordinator's last read: a6 runs on another instance
+    control.snap = replace(control.snap, leases=LeaseView("active", 3, {"a1": ("inst-test", 2),
+                                                                         "a6": ("inst-other", 7)}))
 
 
 def test_dashboard_merges_documents_with_the_snapshot(control):
@@ -294,7 +300,7 @@ def test_dashboard_merges_documents_with_the_snapshot(control):
         "warning": None, "needsRepair": False, "repairReason": None, "restarts": 0,
         "lastRealMessageMs": NOW_MS - 30_000, "lastHistorySyncAt": iso(ms_to_dt(NOW_MS - 86_400_000)),
         "lastRealtimeMessageAt": iso(ms_to_dt(NOW_MS - 30_000)), "lastBackfillAt": iso(ms_to_dt(NOW_MS - 7_200_000)),
-        "leaseHolder": "inst-test",
+        "leaseHolder": "inst-test", "leaseEpoch": 2,
     }
     a2 = by_id["a2"]
     assert a2["status"] == "degraded" and a2["connected"] is True and a2["degraded"] is True
@@ -316,7 +322,8 @@ def test_dashboard_merges_documents_with_the_snapshot(control):
     assert a5["lastHistorySyncAt"] is None
 
     a6 = by_id["a6"]  # the document says connected (another instance runs it): not here
-    assert a6["status"] == "connected" and a6["connected"] is False and a6["leaseHolder"] is None
+    assert a6["status"] == "connected" and a6["connected"] is False
+    assert (a6["leaseHolder"], a6["leaseEpoch"]) == ("inst-other", 7)
 
     assert data["counts"] == {"pairing": 1, "connecting": 0, "connected": 2, "degraded": 1, "disconnected": 0,
                               "needs_repair": 1, "logged_out": 1}
@@ -385,3 +392,29 @@ def test_fault_route_with_the_debug_setting_validates_its_body(control):
     bad, ok, answer = asyncio.run(main())
     assert bad == 400 and ok == 200 and answer["kind"] == "block"
     assert injected == [("a1", "block")]
+
+
+# --- instances ---------------------------------------------------------------------------
+
+
+def test_instances_lists_what_the_lease_coordinator_last_saw(control):
+    control.snap = replace(snapshot(), leases=LeaseView("active", 2, {}, instances=(
+        InstanceView(INSTANCE, live=True, held=2, unchanged_for_ms=400, started_at="2026-11-30T09:00:00.000Z",
+                     version="0.1.0"),
+        InstanceView("inst-gone", live=False, held=5, unchanged_for_ms=48_000))))
+    data = get_json(control, "/api/status/instances")
+    assert data["mode"] == "active" and data["leasesHeld"] == 2 and data["instanceId"] == INSTANCE
+    assert data["instances"] == [
+        {"instanceId": INSTANCE, "self": True, "live": True, "heartbeatAgeMs": 400, "accountsHeld": 2,
+         "startedAt": "2026-11-30T09:00:00.000Z", "version": "0.1.0"},
+        {"instanceId": "inst-gone", "self": False, "live": False, "heartbeatAgeMs": 48_000, "accountsHeld": 5,
+         "startedAt": None, "version": None}]
+    assert control.calls == 0  # from the snapshot: never the store
+
+
+def test_instances_needs_the_admin_token(control):
+    async def body(client):
+        resp = await client.get("/api/status/instances")
+        assert resp.status == 401
+
+    serve(control, body)

@@ -33,7 +33,7 @@ def rigs(tmp_path):
     made = []
 
     def make(accounts=(), **kw):
-        made.append(SystemRig(tmp_path / "daemon", accounts, **kw))
+        made.append(SystemRig(tmp_path / "daemon", accounts, **kw))  # one data dir: one host
         return made[-1]
 
     yield make
@@ -105,7 +105,7 @@ def test_a_replayed_history_chunk_is_counted_once(rigs, tmp_path):
     assert rig.store.get_account("a1")["historySyncCount"] == 1
     rig.stop()
     with sqlite3.connect(spool_path) as conn:  # as if done() had never run
-        conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)", copy)
+        conn.execute(f"INSERT INTO events VALUES ({', '.join('?' * len(copy))})", copy)
     again = rigs()
     again.start()
     again.until(lambda: again.system.spool.depth() == 0, what="the replay stored")
@@ -134,3 +134,23 @@ def test_rows_of_accounts_no_actor_reads_are_swept_not_stranded(rigs):
     rig.control.remove_account("kept")
     rig.advance(2.5)
     assert spool.depth() == 0 and "kept" not in rig.running()
+
+
+def test_rows_of_a_process_that_died_are_adopted_and_still_counted_once(rigs):
+    """A process dies between the store's commit and done(); another process on the host
+    (another INSTANCE_ID, same data dir) adopts its spool at start and replays the row."""
+    old = rigs([("a1", PHONE)], instance_id="old-1")
+    seq = old.system.spool.append("a1", *history_chunk("R9", "adopted"))
+    old_path = old.system.spool.path
+    copy = sqlite3.connect(old_path).execute("SELECT * FROM events WHERE seq = ?", (seq,)).fetchone()
+    old.start()
+    old.until(lambda: old.system.spool.depth() == 0, what="the chunk stored")
+    old.stop()
+    with sqlite3.connect(old_path) as conn:  # as if done() had never run
+        conn.execute(f"INSERT INTO events VALUES ({', '.join('?' * len(copy))})", copy)
+    new = rigs(instance_id="new-2")
+    new.start()
+    assert not old_path.exists()
+    new.until(lambda: new.system.spool.depth() == 0, what="the adopted row stored")
+    assert new.store.get_account("a1")["historySyncCount"] == 1
+    assert new.store.get_message("a1", ALICE, "R9")["body"] == "adopted"

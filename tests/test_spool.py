@@ -122,3 +122,57 @@ def test_threads_that_come_and_go_leave_no_reader_connections_behind(tmp_path):
     assert spool._idle.qsize() <= 4
     spool.close()
     assert spool._idle.qsize() == 0
+
+
+# --- one spool per process, and the spools of processes that died ----------------------------
+
+
+def test_a_second_process_cannot_open_a_spool_in_use(tmp_path):
+    from wasync.runtime.spool import SpoolInUse
+
+    spool = Spool(tmp_path / "i1.db")
+    with pytest.raises(SpoolInUse, match="in use by another wasync process"):
+        Spool(tmp_path / "i1.db")
+    spool.close()
+    Spool(tmp_path / "i1.db").close()  # free again once closed (or once its process died)
+
+
+def test_a_dead_process_spool_is_adopted_with_where_each_row_came_from(tmp_path):
+    from wasync.runtime.spool import spool_path
+
+    dead_path = spool_path(tmp_path, "host-111")
+    dead = Spool(dead_path)
+    first = dead.append("a1", "HistorySync", b"chunk")
+    dead.append("a2", "Message", b"msg")
+    bad = dead.append("a2", "Message", b"garbage")
+    dead.quarantine([bad], "does not parse")
+    dead_id = dead.id
+    dead.close()
+    live = Spool(spool_path(tmp_path, "host-222"))
+    assert live.orphans() == [dead_path]
+    assert live.adopt(dead_path) == 2
+    rows = live.pending("a1") + live.pending("a2")
+    assert [(r.account_id, r.raw, r.origin) for r in rows] == [("a1", b"chunk", (dead_id, first)),
+                                                               ("a2", b"msg", (dead_id, first + 1))]
+    assert not dead_path.exists()
+    kept = list(tmp_path.joinpath("spool").glob("host-111.db.adopted-*"))  # its quarantine stays, renamed
+    assert len(kept) == 1
+    assert live.orphans() == [] and live.adopt(dead_path) == 0
+    live.close()
+
+
+def test_a_live_process_spool_is_not_adopted_and_a_legacy_one_is(tmp_path):
+    from wasync.runtime.spool import spool_path
+
+    other = Spool(spool_path(tmp_path, "still-running"))
+    other.append("a1", "Message", b"theirs")
+    legacy = Spool(tmp_path / "spool.db")  # where spools lived before one per process
+    legacy.append("a9", "Message", b"old")
+    legacy.close()
+    mine = Spool(spool_path(tmp_path, "me"))
+    assert sorted(p.name for p in mine.orphans()) == ["spool.db", "still-running.db"]
+    adopted = sum(mine.adopt(p) for p in mine.orphans())
+    assert adopted == 1 and [r.raw for r in mine.pending("a9")] == [b"old"] and mine.pending("a1") == []
+    assert other.depth() == 1  # untouched: its process lives
+    other.close()
+    mine.close()

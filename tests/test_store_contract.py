@@ -181,7 +181,7 @@ def test_list_messages_pages_newest_first(store):
 
 
 def history(seqs, saved=3, spool="spool-a", at=NOW):
-    return HistorySyncUpdate(at, HistorySyncResult(saved, 0, 0, saved, False), spool, tuple(seqs))
+    return HistorySyncUpdate(at, HistorySyncResult(saved, 0, 0, saved, False), tuple((spool, seq) for seq in seqs))
 
 
 def test_accounts_create_update_list_and_delete(store):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from wasync.http.common import CONTROL, ApiError, call_daemon, json_response, validate_account_id
-from wasync.http.views import AccountView
+from wasync.http import views
 
 routes = web.RouteTableDef()
 
@@ -19,11 +19,11 @@ async def account_health(request: web.Request) -> web.Response:
     account_id = validate_account_id(request.match_info["accountId"])
     control = request.app[CONTROL]
     snapshot = control.snapshot()
-    live = next((a for a in snapshot.accounts if a.account_id == account_id), None)
-    if live is not None:
-        return json_response(AccountView(account_id, {}, live).health(snapshot.taken_at_ms, snapshot.instance_id))
-    doc = next((d for d in await call_daemon(request, control.list_accounts) if d.get("accountId") == account_id),
-               None)
-    if doc is None:
-        raise ApiError(404, "unknown_account", f"no account {account_id}")
-    return json_response(AccountView(account_id, doc, None).health(snapshot.taken_at_ms, snapshot.instance_id))
+    view = views.one(account_id, {}, snapshot)
+    if view.live is None:
+        doc = next((d for d in await call_daemon(request, control.list_accounts) if d.get("accountId") == account_id),
+                   None)
+        if doc is None:
+            raise ApiError(404, "unknown_account", f"no account {account_id}")
+        view = views.one(account_id, doc, snapshot)
+    return json_response(view.health(snapshot.taken_at_ms, snapshot.instance_id))

@@ -38,7 +38,7 @@ async def list_accounts(request: web.Request) -> web.Response:
     control = request.app[CONTROL]
     docs = await call_daemon(request, control.list_accounts)
     # Accounts of this instance's snapshot that are not (or no longer) stored are not listed.
-    stored = [v for v in views.merge(docs, control.snapshot().accounts) if v.doc]
+    stored = [v for v in views.merge(docs, control.snapshot()) if v.doc]
     return json_response({"success": True, "accounts": [v.document() for v in stored]})
 
 

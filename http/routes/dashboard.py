@@ -35,7 +35,7 @@ async def dashboard(request: web.Request) -> web.Response:
     except Exception as exc:  # e.g. a raw driver error an adapter did not wrap: still answer
         log.exception("[http] rid=%s dashboard without account documents", request_id_var.get())
         docs, store_error = [], f"{type(exc).__name__}: {exc}"
-    accounts = [v.summary(snapshot.instance_id) for v in views.merge(docs, snapshot.accounts)]
+    accounts = [v.summary(snapshot.instance_id) for v in views.merge(docs, snapshot)]
     counts = {s.value: 0 for s in AccountStatus}
     for entry in accounts:
         counts[entry["status"]] = counts.get(entry["status"], 0) + 1

@@ -35,7 +35,10 @@ async def health(request: web.Request) -> web.Response:
 @routes.get("/ready")
 async def ready(request: web.Request) -> web.Response:
     snap: Snapshot = request.app[CONTROL].snapshot()
-    body = {"ready": snap.ready, "mode": snap.mode, "instanceId": snap.instance_id}
+    # mode: "active" while this instance can take and keep account leases, "passive" when it
+    # cannot (store unreachable, draining); leases: how many it holds.
+    body = {"ready": snap.ready, "mode": snap.mode, "instanceId": snap.instance_id,
+            "leases": snap.leases.held if snap.leases is not None else 0}
     return json_response(body, status=200 if snap.ready else 503)
 
 

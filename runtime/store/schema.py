@@ -230,7 +230,7 @@ def new_account_doc(account_id: str, phone: Optional[str], now: datetime) -> dic
 
 def patch_needs_stored(patch: AccountPatch) -> bool:
     """Whether applying `patch` depends on what is stored (the replay-safe counter)."""
-    return patch.history is not None and bool(patch.history.chunk_seqs)
+    return patch.history is not None and bool(patch.history.chunks)
 
 
 def account_fields(patch: AccountPatch, stored: Optional[dict]) -> dict[str, Any]:
@@ -259,12 +259,14 @@ def account_fields(patch: AccountPatch, stored: Optional[dict]) -> dict[str, Any
         out["lastHistorySyncAt"] = ms_to_dt(history.at_ms)
         out["lastHistorySyncResult"] = {"saved": r.saved, "skipped": r.skipped, "errors": r.errors,
                                         "total": r.total, "dryRun": r.dry_run}
-        if history.chunk_seqs:
+        if history.chunks:
             stored = stored or {}
             marks = dict(stored.get(COUNT_MARKS) or {})
-            counted = marks.get(history.spool_id, 0)
-            fresh = sum(1 for seq in history.chunk_seqs if seq > counted)
-            marks[history.spool_id] = max(counted, max(history.chunk_seqs))
+            fresh = 0
+            for spool_id, seq in sorted(history.chunks):
+                if seq > marks.get(spool_id, 0):
+                    fresh += 1
+                    marks[spool_id] = seq
             out["historySyncCount"] = (stored.get("historySyncCount") or 0) + fresh
             out[COUNT_MARKS] = marks
     return out
