@@ -74,10 +74,16 @@ class AccountActor(pykka.ThreadingActor):
         self._beat_ms: Optional[int] = None  # the protocol streak's last beat (policy/health)
         self._undecryptable: deque[int] = deque()  # wall ms of recent undecryptable messages
         self._finished = False
+        # Rows up to here were spooled before this actor's session began (an earlier session
+        # of the account, on this instance, in this life or an earlier one): their data is
+        # written like any other, but their session events (a StreamReplaced that kicked the
+        # old socket, its Disconnected, a QR) say nothing about this session.
+        self._watermark = 0  # set in on_start, on this actor's thread
 
     # --- life cycle ------------------------------------------------------------------
 
     def on_start(self) -> None:
+        self._watermark = self.spool.last_seq()
         self._publish()
         self.actor_ref.tell(Wake())  # replay what an earlier life left in the spool first
         ref, account_id, spool, clock, metrics = (self.actor_ref, self.account_id, self.spool, self.deps.clock,
@@ -252,6 +258,8 @@ class AccountActor(pykka.ThreadingActor):
     def _observe(self, event: m.NormalizedEvent, row: SpoolRow) -> None:
         """Move the facts; tell the supervisor what it must act on. Times are when the row
         arrived: a replayed backlog keeps its spacing and counts for the session it came in."""
+        if row.seq <= self._watermark and isinstance(event, m.SessionEvent.__args__):
+            return  # an earlier session's (see _watermark)
         now = row.received_at_ms
         f = self.facts
         match event:

@@ -41,33 +41,36 @@ class LeaseIOActor(pykka.ThreadingActor):
 
     def _round(self, r: Round) -> RoundDone:
         store, now_ms, out = self.store, self.clock.wall_ms(), {}
-        step = "heartbeat"
+        step = "leave"
         try:
             if r.leave:
-                step = "leave"
                 out["released"] = tuple(lease.account_id for lease in r.release
                                         if store.release_lease(lease.account_id, lease.holder, lease.epoch))
                 store.remove_instance(self.instance_id)
                 return RoundDone(r.sent_s, self.clock.monotonic_s(), **out)
-            store.heartbeat_instance(self.instance_id, self.incarnation, now_ms, self.started_at_ms, self.version,
-                                     r.held)
             if r.renew:
                 step = "renew"
                 out["renew_sent"] = r.renew
-                out["renewed"] = tuple(store.renew_leases(r.renew, now_ms, self.lease_ms))
+                out["renew_sent_s"] = self.clock.monotonic_s()
+                out["renewed"] = tuple(store.renew_leases(r.renew, self.clock.wall_ms(), self.lease_ms))
+            step = "acquire"
+            acquired: list = []
+            out["acquired"] = acquired  # what was taken before a failure is reported all the same
+            for account_id, expected in r.acquire:
+                sent_s = self.clock.monotonic_s()  # its deadline counts from here, not from the round
+                lease = store.acquire_lease(account_id, self.instance_id, expected, self.clock.wall_ms(),
+                                            self.lease_ms)
+                if lease is not None:
+                    acquired.append((lease, expected, sent_s))
             step = "release"
             released: list[str] = []
             out["released"] = released
             for lease in r.release:
                 if store.release_lease(lease.account_id, lease.holder, lease.epoch):
                     released.append(lease.account_id)
-            step = "acquire"
-            acquired: list = []
-            out["acquired"] = acquired  # what was taken before a failure is reported all the same
-            for account_id, expected in r.acquire:
-                lease = store.acquire_lease(account_id, self.instance_id, expected, now_ms, self.lease_ms)
-                if lease is not None:
-                    acquired.append((lease, expected))
+            step = "heartbeat"
+            store.heartbeat_instance(self.instance_id, self.incarnation, now_ms, self.started_at_ms, self.version,
+                                     r.held)
             for instance_id in r.remove_instances:
                 store.remove_instance(instance_id)
             step = "read"

@@ -3,9 +3,9 @@ runs (DESIGN.md "Ownership across instances"). It tells the supervisor `Owned(re
 fence)` and `Lost(account, reason)`; the fence (holder, epoch) travels with every write
 that must not come from a former owner.
 
-Every lease/3 it has a round with the store, through its helper (actors/lease_io.py): a
-heartbeat in `instances/`, renewal of every lease it holds (one batch), releases, the
-takeovers it decided, and a read of accounts, leases and instances. It never calls the
+Every lease/3 it has a round with the store, through its helper (actors/lease_io.py):
+renewal of every lease it holds (one batch), the takeovers it decided, releases, a
+heartbeat in `instances/`, and a read of accounts, leases and instances. It never calls the
 store itself, so it keeps time while the store hangs: a lease whose renewal has not
 succeeded within 2/3 of a lease from when it was sent is given up and its socket
 stopped (on a ticker timer), before any other instance may take it.
@@ -173,8 +173,8 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
         for account_id in done.released:
             self.held.pop(account_id, None)
             log.info("[lease] accountId=%s released", account_id)
-        for lease, before in done.acquired:
-            self._took(lease, before, done.sent_s)
+        for lease, before, sent_s in done.acquired:
+            self._took(lease, before, sent_s)
         if done.leases is not None:
             self._read(done)
             self._rebalance(done.read_s)
@@ -196,11 +196,21 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
             if lease is None:
                 self._lose(sent.account_id, "taken", release=False)
             else:
-                h.lease, h.deadline_s = lease, policy.stop_deadline(done.sent_s, self.lease_s)
+                h.lease, h.deadline_s = lease, policy.stop_deadline(done.renew_sent_s, self.lease_s)
 
     def _took(self, lease: Lease, before: Optional[Lease], sent_s: float) -> None:
         account_id = lease.account_id
-        self.held[account_id] = _Held(lease, self.clock.monotonic_s(), policy.stop_deadline(sent_s, self.lease_s))
+        now, deadline = self.clock.monotonic_s(), policy.stop_deadline(sent_s, self.lease_s)
+        self.held[account_id] = _Held(lease, now, deadline)
+        if deadline <= now:
+            # The store answered too late (a round that hung): by our own rule the lease may
+            # not be used any more. Hand it back at once rather than start and stop a socket.
+            h = self.held[account_id]
+            h.giving_up = h.stopped = True
+            log.warning("[lease] accountId=%s acquired epoch=%d too late to use (the store took %.1f s): releasing",
+                        account_id, lease.epoch, now - sent_s)
+            self._wanted = True
+            return
         reason = policy.acquire_reason(before)
         self.metrics.lease_acquired.labels(reason=reason).inc()
         log.info("[lease] accountId=%s acquired epoch=%d (%s%s)", account_id, lease.epoch, reason,
@@ -300,7 +310,7 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
     def _deadlines(self) -> None:
         now = self.clock.monotonic_s()
         for account_id, h in list(self.held.items()):
-            if h.deadline_s <= now:
+            if h.deadline_s <= now and not h.stopped:  # (a stopped one only waits to be released)
                 self._lose(account_id, "deadline", release=False)
         self._arm_deadlines()
         self._publish()

@@ -68,11 +68,12 @@ class ReleaseAll:
 class RoundDone:
     """The store helper's answer to a Round."""
 
-    sent_s: float  # monotonic: when the round began (renewal deadlines count from here)
+    sent_s: float  # monotonic: when the round began
     read_s: float  # monotonic: when the reads came back (sightings count from here)
     renew_sent: tuple[Lease, ...] = ()
+    renew_sent_s: float = 0.0  # when the renewal call was sent: the renewed leases' deadlines count from here
     renewed: Optional[tuple[Lease, ...]] = None  # None: the renewal failed (store), not "all lost"
-    acquired: tuple[tuple[Lease, Optional[Lease]], ...] = ()  # (taken, as it was before)
+    acquired: tuple[tuple[Lease, Optional[Lease], float], ...] = ()  # (taken, as it was before, when sent)
     released: tuple[str, ...] = ()
     records: Optional[tuple[AccountRecord, ...]] = None  # None: not read this round
     leases: Optional[tuple[Lease, ...]] = None
@@ -89,7 +90,7 @@ CoordinatorMsg = Union[RoundDue, DeadlinesDue, Refresh, AccountStopped, SessionR
 
 @dataclass(frozen=True)
 class Round:
-    """One round with the store, in this order: heartbeat, renew, release, acquire, read."""
+    """One round with the store, most urgent first: renew, acquire, release, heartbeat, read."""
 
     sent_s: float
     renew: tuple[Lease, ...] = ()

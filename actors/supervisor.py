@@ -297,11 +297,14 @@ class SupervisorActor(pykka.ThreadingActor):
             if w.child is None:
                 continue
             if w.probe_sent_s is not None:
-                if now - w.probe_sent_s >= hung_s:
+                # Counted in ticks, not compared in seconds: a probe sent a hair late in its
+                # tick must not get a whole extra tick to answer.
+                w.probe_ticks += 1
+                if w.probe_ticks * TICK_S >= hung_s:
                     self._replace_hung(w, now - w.probe_sent_s)
                 continue
             w.probe_seq += 1
-            w.probe_sent_s = now
+            w.probe_sent_s, w.probe_ticks = now, 0
             try:
                 w.child.ref.tell(Probe(w.probe_seq))
             except pykka.ActorDeadError:

@@ -64,6 +64,7 @@ class Watch:
     restart_total: int = 0
     probe_seq: int = 0
     probe_sent_s: Optional[float] = None  # monotonic time of the unanswered probe
+    probe_ticks: int = 0  # ticks since it was sent
     degraded_restart_ms: Optional[int] = None
     fresh_pairing: bool = False  # starts forget the stored session until a pairing succeeds
     repair: Repair = NO_REPAIR

@@ -78,24 +78,14 @@ def main() -> int:
         store = SqliteStore(Path(tmp) / "bench.db")
         results["sqlite"] = measure(store, args.leases, args.rounds)
         store.close()
-    emulator = None
-    if args.emulator:
-        os.environ["FIRESTORE_EMULATOR_HOST"] = args.emulator
-    else:
-        from emulator import FirestoreEmulator
+    from emulator import emulator_env
 
-        log("starting the Firestore emulator …")
-        emulator = FirestoreEmulator().start()
-        os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
-    try:
+    with emulator_env(args.emulator, log):
         from wasync.runtime.store.firestore import FirestoreStore
 
         store = FirestoreStore(project=f"bench-leases-{os.getpid()}")
         results["firestore_emulator"] = measure(store, args.leases, args.rounds)
         store.close()
-    finally:
-        if emulator is not None:
-            emulator.stop()
     if args.json:
         print(json.dumps(results))
     else:

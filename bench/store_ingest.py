@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
 import sys
 import tempfile
@@ -178,20 +177,10 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             results["sqlite"] = bench_sqlite(messages, Path(tmp))
     if args.only in (None, "firestore"):
-        emulator = None
-        if args.emulator:
-            os.environ["FIRESTORE_EMULATOR_HOST"] = args.emulator
-        else:
-            from emulator import FirestoreEmulator
+        from emulator import emulator_env
 
-            log("starting the Firestore emulator …")
-            emulator = FirestoreEmulator().start()
-            os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
-        try:
+        with emulator_env(args.emulator, log):
             results["firestore"] = bench_firestore(messages, args.one_by_one_sample)
-        finally:
-            if emulator:
-                emulator.stop()
 
     if args.json:
         print(json.dumps(results))

@@ -31,7 +31,7 @@ from wasync.http.common import (
 )
 from wasync.runtime import bridge
 from wasync.runtime.config import ConfigError, Settings
-from wasync.runtime.control import DaemonControl, UnknownAccount
+from wasync.runtime.control import DaemonControl, RunsElsewhere, UnknownAccount
 from wasync.runtime.metrics import Metrics
 from wasync.runtime.store.base import StoreError
 from wasync.runtime.transport.session import (
@@ -105,6 +105,8 @@ async def error_middleware(request: web.Request, handler):
                               {"Retry-After": "5"})
     except UnknownAccount as exc:
         return error_response(404, "unknown_account", f"no account {exc.args[0] if exc.args else ''}".strip())
+    except RunsElsewhere as exc:
+        return error_response(409, "runs_elsewhere", str(exc), None if exc.holder else {"Retry-After": "5"})
     except SessionError as exc:
         # What WhatsApp (or the transport) said no to: the account's state, not a bug here.
         status, code = _SESSION_ERRORS.get(type(exc), (502, "session_error"))

@@ -34,6 +34,16 @@ class UnknownAccount(KeyError):
     pass
 
 
+class RunsElsewhere(RuntimeError):
+    """The account is not run by this instance: another one holds its lease (ask that
+    one), or nobody does yet (it is about to start somewhere)."""
+
+    def __init__(self, account_id: str, holder: Optional[str]):
+        self.account_id, self.holder = account_id, holder
+        super().__init__(f"account {account_id} runs on instance {holder}: send this to that instance" if holder else
+                         f"account {account_id} is not running on any instance yet; retry in a few seconds")
+
+
 class DaemonControl(Protocol):
     def snapshot(self) -> Snapshot:
         """Never blocks; never raises."""
@@ -57,7 +67,8 @@ class DaemonControl(Protocol):
         UnknownAccount, or a transport SessionError (e.g. NotConnected)."""
 
     def regenerate_qr(self, account_id: str) -> None:
-        """Restart the account's session so pairing starts over with a fresh code."""
+        """Restart the account's session so pairing starts over with a fresh code. Raises
+        UnknownAccount, or RunsElsewhere when another instance runs the account."""
 
     def inject_fault(self, account_id: str, kind: str) -> None:
         """Test-only fault injection ("raise" | "block") into the account's actor; the HTTP
@@ -108,6 +119,10 @@ class SystemControl:
 
     def regenerate_qr(self, account_id: str) -> None:
         self._known(account_id)
+        if self.board.account(account_id) is None:
+            leases = self.board.snapshot().leases
+            holder = leases.holders.get(account_id) if leases is not None else None
+            raise RunsElsewhere(account_id, holder[0] if holder else None)
         self.supervisor.tell(RestartAccount(account_id))
         log.info("[supervisor] accountId=%s pairing restarted (regenerate-qr)", account_id)
 

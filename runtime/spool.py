@@ -196,6 +196,12 @@ class Spool:
         with self._reading() as conn:
             return conn.execute(sql + " ORDER BY seq", args).fetchall()
 
+    def last_seq(self) -> int:
+        """The last sequence number ever given out (rows done since included)."""
+        with self._reading() as conn:
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return row[0] if row else 0
+
     def depth(self) -> int:
         with self._reading() as conn:
             return conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]

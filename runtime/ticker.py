@@ -144,11 +144,13 @@ class Ticker:
 
 class FakeTicker:
     """The Ticker's contract on a FakeClock, for tests: `advance(s)` moves time and fires
-    what falls due, in order, waiting for each message to be handled."""
+    what falls due, in order, waiting for each message to be handled, and then for
+    `settle()` (what that handler set off among other actors) before time moves on."""
 
-    def __init__(self, clock: FakeClock, handle_timeout_s: float = 10.0):
+    def __init__(self, clock: FakeClock, handle_timeout_s: float = 10.0, settle=lambda: None):
         self.clock = clock
         self.handle_timeout_s = handle_timeout_s
+        self.settle = settle
         self._heap = _Heap()
         self._lock = threading.RLock()
 
@@ -194,6 +196,7 @@ class FakeTicker:
             if due > self.clock.monotonic_s():
                 self.clock.advance(due - self.clock.monotonic_s())
             self._fire(timer)
+            self.settle()
         if target > self.clock.monotonic_s():
             self.clock.advance(target - self.clock.monotonic_s())
 

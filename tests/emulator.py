@@ -3,6 +3,7 @@ and benchmarks. A missing gcloud or an emulator that does not come up is an erro
 a skip: CI must not pass without exercising Firestore."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -78,3 +79,20 @@ class FirestoreEmulator:
         req = urllib.request.Request(
             f"http://{self.host}/emulator/v1/projects/{project}/databases/(default)/documents", method="DELETE")
         urllib.request.urlopen(req, timeout=10).close()
+
+
+@contextlib.contextmanager
+def emulator_env(address: str | None, log=lambda text: None):
+    """FIRESTORE_EMULATOR_HOST set for the block: `address` (a running emulator), or one
+    started here and stopped afterwards (the benchmarks)."""
+    emulator = None
+    if address is None:
+        log("starting the Firestore emulator …")
+        emulator = FirestoreEmulator().start()
+        address = emulator.host
+    os.environ["FIRESTORE_EMULATOR_HOST"] = address
+    try:
+        yield address
+    finally:
+        if emulator is not None:
+            emulator.stop()

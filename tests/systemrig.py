@@ -42,7 +42,7 @@ class SystemRig:
         settings = config.load({"WASYNC_DATA_DIR": str(tmp_path / "data"), "INSTANCE_ID": instance_id,
                                 "WASYNC_MAX_STARTS_PER_SECOND": "100", **env})
         self.clock = FakeClock()
-        self.ticker = FakeTicker(self.clock)
+        self.ticker = FakeTicker(self.clock, settle=lambda: self.settle())
         self.transport = transport if transport is not None else ScriptedTransport()
         self.system: System = build_system(settings, self.clock, self.ticker, sessions=self.transport, store=store)
         self.store, self.board, self.metrics = self.system.store, self.system.board, self.system.metrics
@@ -64,22 +64,36 @@ class SystemRig:
     def control(self):
         return self.system.control
 
-    def settle(self, rounds: int = 4) -> None:
-        """Every actor has handled what it was told, cascades included (a few rounds)."""
-        s = self.system
-        for _ in range(rounds):
-            for ref in (s.leases, *pykka.ActorRegistry.get_by_class(LeaseIOActor), s.supervisor, s.sweeper, s.writer):
-                if ref is not None:
-                    _round_trip(ref, 10)
-            for ref in pykka.ActorRegistry.get_by_class(AccountActor):
-                if ref.actor_urn not in self._hung and not _round_trip(ref, 0.5):
-                    self._hung.add(ref.actor_urn)
+    # The longest chain of messages one event sets off here (a lease lost: coordinator ->
+    # supervisor -> child -> supervisor -> coordinator -> store helper -> coordinator), with
+    # room to spare. Each round of no-op asks moves every chain on by at least one hop.
+    MIN_ROUNDS = 12
 
-    def advance(self, seconds: float, step: float = 0.5) -> None:
-        """Move time forward in steps, settling after each."""
+    def settle(self, max_rounds: int = 40) -> None:
+        """Every actor has handled what it was told, cascades included. An empty inbox alone
+        proves nothing (the actor may be busy with what it just took from it), so at least
+        MIN_ROUNDS rounds of no-op asks run, then more until two rounds find nothing queued."""
+        quiet = 0
+        for n in range(max_rounds):
+            for ref in self._refs():
+                if not _round_trip(ref, 10 if ref.actor_class is not AccountActor else 0.5):
+                    self._hung.add(ref.actor_urn)
+            quiet = quiet + 1 if all(ref.actor_inbox.empty() for ref in self._refs()) else 0
+            if n + 1 >= self.MIN_ROUNDS and quiet >= 2:
+                return
+
+    def _refs(self) -> list[pykka.ActorRef]:
+        s = self.system
+        refs = [ref for ref in (s.leases, *pykka.ActorRegistry.get_by_class(LeaseIOActor), s.supervisor, s.sweeper,
+                                s.writer, *pykka.ActorRegistry.get_by_class(AccountActor)) if ref is not None]
+        return [ref for ref in refs if ref.actor_urn not in self._hung]
+
+    def advance(self, seconds: float, step: Optional[float] = None) -> None:
+        """Move time forward (in `step`s, settling after each: the ticker already settles
+        after every timer it fires, so one step is enough unless a test watches between)."""
         left = seconds
         while left > 1e-9:
-            dt = min(step, left)
+            dt = min(step or left, left)
             self.ticker.advance(dt)
             self.settle()
             left -= dt

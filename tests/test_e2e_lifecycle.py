@@ -156,3 +156,55 @@ def test_a_second_process_with_the_same_instance_id_and_data_dir_is_refused(tmp_
     finally:
         assert first.stop() == 0
         sim.stop()
+
+
+def test_two_instances_on_one_data_dir_share_the_accounts(tmp_path):
+    """README "Running several instances": same data dir (embedded store, session files),
+    each process its own INSTANCE_ID and PORT."""
+    phones = [f"1555008{i:04d}" for i in range(10)]
+    sim = SimProcess(world_for(phones), tmp_path / "sim", speed=1).start()
+    common = {"WASYNC_TRANSPORT": sim.address, "WASYNC_LEASE_MS": "3000"}
+    a = DaemonProcess(tmp_path / "box", {**common, "INSTANCE_ID": "a"}).start()
+    b = DaemonProcess(tmp_path / "box", {**common, "INSTANCE_ID": "b"}).start()
+    try:
+        for i, phone in enumerate(phones):
+            add(a, f"t{i}", phone)
+
+        def spread():
+            held = sorted(d.get("/ready")[1]["leases"] for d in (a, b))
+            return held if held == [5, 5] else None
+
+        wait_for(spread, 30, "5 accounts on each instance")
+        wait_for(lambda: all(s["connected"] for s in (sim.stats()["accounts"][p] for p in phones)), 30,
+                 "every account connected")
+        wait_for(lambda: {(i["instanceId"], i["live"], i["accountsHeld"]) for i in
+                          a.get("/api/status/instances")[1]["instances"]} == {("a", True, 5), ("b", True, 5)}, 10,
+                 "a's view of both instances")
+        assert all(s["streamReplaced"] == 0 for s in sim.stats()["accounts"].values())
+    finally:
+        assert a.stop() == 0
+        assert b.stop() == 0
+        sim.stop()
+
+
+def test_an_admin_call_for_an_account_another_instance_runs_says_which(tmp_path):
+    phones = ["15550090001", "15550090002"]
+    sim = SimProcess(world_for(phones), tmp_path / "sim", speed=1).start()
+    common = {"WASYNC_TRANSPORT": sim.address, "WASYNC_LEASE_MS": "3000"}
+    a = DaemonProcess(tmp_path / "box", {**common, "INSTANCE_ID": "a"}).start()
+    b = DaemonProcess(tmp_path / "box", {**common, "INSTANCE_ID": "b"}).start()
+    try:
+        add(a, "r1", phones[0])
+        add(a, "r2", phones[1])
+        wait_for(lambda: sorted(d.get("/ready")[1]["leases"] for d in (a, b)) == [1, 1], 30, "one account each")
+        holder = wait_for(lambda: a.get("/api/whatsapp/accounts/r1/health")[1]["leaseHolder"], 10, "r1's holder")
+        other = b if holder == "a" else a
+        status, body = other.request("POST", "/api/whatsapp/regenerate-qr/r1")
+        assert status == 409 and body["error"]["code"] == "runs_elsewhere", body
+        assert f"runs on instance {holder}" in body["error"]["message"]
+        here = a if holder == "a" else b
+        assert here.request("POST", "/api/whatsapp/regenerate-qr/r1")[0] == 200
+    finally:
+        assert a.stop() == 0
+        assert b.stop() == 0
+        sim.stop()

@@ -178,3 +178,26 @@ def test_more_sessions_than_an_http_connection_pool_holds(tmp_path):
     finally:
         transport.close()
         sim.stop()
+
+
+def test_a_session_stopped_while_it_connects_leaves_no_socket_behind(sim, transport):
+    """stop() while the websocket connect is still in flight (the simulator frozen): the
+    connect must not complete later into a socket nobody reads (it would kick the
+    account's next owner with StreamReplaced)."""
+    import os
+    import signal
+
+    before = sim.stats()["accounts"][PHONE]
+    os.kill(sim.proc.pid, signal.SIGSTOP)
+    try:
+        session = open_started(transport, Sink(), account="zombie")
+        time.sleep(0.3)  # connecting: the frozen simulator takes the TCP connection but never answers
+        started = time.monotonic()
+        session.stop()
+        stop_took = time.monotonic() - started
+    finally:
+        os.kill(sim.proc.pid, signal.SIGCONT)
+    time.sleep(1.5)  # a connect that slipped through would be done by now
+    after = sim.stats()["accounts"][PHONE]
+    assert stop_took < 5, stop_took
+    assert after["connectionsOpened"] == before["connectionsOpened"] and not after["connected"], after

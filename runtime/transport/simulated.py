@@ -139,6 +139,7 @@ class SimulatedSession:
         self._replies: dict[int, asyncio.Future] = {}
         self._next_req = 0
         self._stopping = False
+        self._loop_task: Optional[asyncio.Task] = None
         self.connected = False
         self.failure: Optional[BaseException] = None  # why the connection loop died, if it did
 
@@ -213,11 +214,17 @@ class SimulatedSession:
     # --- the connection loop (on the transport's thread) -----------------------------
 
     def _task_cancel(self) -> None:
-        # Closing the socket wakes the reader; the loop then sees _stopping and ends.
+        # Closing the socket wakes the reader; the loop then sees _stopping and ends. Without
+        # an open socket (still connecting, or waiting to reconnect) the loop is cancelled:
+        # a connect that finished after stop() would leave a socket nobody reads, which
+        # kicks the account's next owner (StreamReplaced).
         if self._ws is not None and not self._ws.closed:
             asyncio.ensure_future(self._ws.close())
+        elif self._loop_task is not None:
+            self._loop_task.cancel()
 
     async def _run(self) -> None:
+        self._loop_task = asyncio.current_task()
         try:
             await self._connection_loop()
         except (asyncio.CancelledError, GeneratorExit):
@@ -262,6 +269,8 @@ class SimulatedSession:
         keys = self._load_keys()
         async with self.transport.http().ws_connect(self.transport.url, heartbeat=15) as ws:
             self._ws = ws
+            if self._stopping:
+                return None  # stopped while connecting: leave at once
             await ws.send_str(wire.encode({"op": "hello", "phone": keys.get("phone") or self.phone,
                                            "token": keys.get("token")}))
             closing = None
