@@ -274,6 +274,23 @@ def test_a_lease_is_taken_only_as_it_was_read(store):
     assert [lease.account_id for lease in store.list_leases()] == ["acct1"]
 
 
+def test_a_lease_write_resent_after_it_landed_is_not_taken_for_a_loss(store):
+    # A store call whose answer is lost is resent; the resend finds its own write.
+    first = store.acquire_lease("acct1", "i1", None, NOW, 15_000)
+    again = store.acquire_lease("acct1", "i1", None, NOW, 15_000)
+    assert again is not None and (again.holder, again.epoch, again.renewed_at_ms) == ("i1", 1, NOW)
+    assert store.acquire_lease("acct1", "i1", None, NOW + 1, 15_000) is None  # a later call is a new one
+    [renewed] = store.renew_leases([first], NOW + 5000, 15_000)
+    taken = store.acquire_lease("acct1", "i2", store.get_lease("acct1"), NOW + 30_000, 15_000)
+    assert taken.epoch == 2
+    # i2's renewal landed but its answer was lost: it renews from the record it acquired.
+    store.renew_leases([taken], NOW + 31_000, 15_000)
+    [still] = store.renew_leases([taken], NOW + 32_000, 15_000)
+    assert (still.holder, still.epoch, still.renewed_at_ms) == ("i2", 2, NOW + 32_000)
+    assert store.renew_leases([renewed], NOW + 32_000, 15_000) == []  # i1's epoch is gone for good
+    assert store.get_lease("acct1").renewed_at_ms == NOW + 32_000
+
+
 def test_many_leases_renewed_at_once_leave_out_the_lost_ones(store):
     leases = [store.acquire_lease(f"a{n:02d}", "i1", None, NOW, 15_000) for n in range(30)]
     assert store.acquire_lease("a07", "i2", store.get_lease("a07"), NOW + 1, 15_000).holder == "i2"

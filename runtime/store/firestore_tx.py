@@ -158,12 +158,23 @@ class OwnershipOps:
             else:
                 return self._acquire_in_tx(ref, account_id, expected, doc)
         except (gexc.AlreadyExists, gexc.FailedPrecondition, gexc.NotFound):
-            return None
+            return self._landed(ref, account_id, doc)
         return _lease(account_id, doc, result.update_time)
+
+    def _landed(self, ref, account_id: str, doc: dict) -> Optional[Lease]:
+        """The lease as `doc` wrote it if that write is what the precondition found: a
+        write resent after it landed (its answer lost) must not read as "taken"."""
+        snap = ref.get(**self._read)
+        cur = snap.to_dict() if snap.exists else None
+        if not _ours(cur, doc["holder"], doc["epoch"]) or cur.get("renewedAtMs") != doc["renewedAtMs"]:
+            return None
+        return _lease(account_id, cur, snap.update_time)
 
     def _acquire_in_tx(self, ref, account_id: str, expected: Lease, doc: dict) -> Optional[Lease]:
         def body(tx):
             (cur,) = tx_read(self._db, tx, ref)
+            if _ours(cur, doc["holder"], doc["epoch"]) and cur.get("renewedAtMs") == doc["renewedAtMs"]:
+                return _lease(account_id, cur)  # an attempt whose commit landed unanswered
             if cur is None or not expected.same_record(_lease(account_id, cur)):
                 return None
             tx.set(ref, doc)
@@ -195,11 +206,22 @@ class OwnershipOps:
         return renewed
 
     def _renew_one(self, lease: Lease, change: dict) -> Optional[Lease]:
+        ref = self._doc(LEASES, lease.account_id)
         try:
-            result = self._doc(LEASES, lease.account_id).update(
-                change, option=self._db.write_option(last_update_time=lease.version), **self._write)
+            result = ref.update(change, option=self._db.write_option(last_update_time=lease.version), **self._write)
         except (gexc.FailedPrecondition, gexc.NotFound):
-            return None  # taken or released since we last wrote it
+            pass  # written since we last wrote it: taken, released, or our own write whose answer was lost
+        else:
+            return _renewed(lease, change, result.update_time)
+        snap = ref.get(**self._read)
+        cur = snap.to_dict() if snap.exists else None
+        if not _ours(cur, lease.holder, lease.epoch) or not cur.get("expiresAtMs"):
+            return None  # taken, or released (expiresAtMs = 0)
+        try:  # still ours: renew it as it is now
+            result = ref.update(change, option=self._db.write_option(last_update_time=snap.update_time),
+                                **self._write)
+        except (gexc.FailedPrecondition, gexc.NotFound):
+            return None
         return _renewed(lease, change, result.update_time)
 
     def _renew_in_tx(self, lease: Lease, change: dict) -> Optional[Lease]:

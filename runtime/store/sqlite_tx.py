@@ -41,9 +41,11 @@ class SqliteOwnership:
                       ttl_ms: int) -> Optional[Lease]:
         with self._write() as conn:
             current = self._lease_row(conn, account_id)
+            epoch = expected.epoch + 1 if expected is not None else 1
+            if current is not None and (current.holder, current.epoch, current.renewed_at_ms) == (holder, epoch, now_ms):
+                return current  # this very call again (its answer was lost): it did take it
             if not (current.same_record(expected) if current is not None else expected is None):
                 return None  # written since the caller read it
-            epoch = current.epoch + 1 if current is not None else 1
             return self._put_lease(conn, Lease(account_id, holder, epoch, now_ms + ttl_ms, now_ms))
 
     def renew_leases(self, leases: Sequence[Lease], now_ms: int, ttl_ms: int) -> list[Lease]:
