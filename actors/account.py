@@ -77,7 +77,8 @@ class AccountActor(pykka.ThreadingActor):
         # Rows up to here were spooled before this actor's session began (an earlier session
         # of the account, on this instance, in this life or an earlier one): their data is
         # written like any other, but their session events (a StreamReplaced that kicked the
-        # old socket, its Disconnected, a QR) say nothing about this session.
+        # old socket, its Disconnected, a QR) say nothing about this session. Rows adopted
+        # from a dead process's spool (row.origin) say nothing about it at all.
         self._watermark = 0  # set in on_start, on this actor's thread
 
     # --- life cycle ------------------------------------------------------------------
@@ -132,7 +133,8 @@ class AccountActor(pykka.ThreadingActor):
             self._drain_all()
         except Exception:
             log.exception("[realtime] accountId=%s could not finish cleanly", self.account_id)
-        self._tell_supervisor(sp.ChildStopped(self.account_id, self.generation))
+        if not self.slot.killed:  # killed: the thread stopping the session says so once it has
+            self._tell_supervisor(sp.ChildStopped(self.account_id, self.generation))
 
     # --- messages ----------------------------------------------------------------------
 
@@ -148,6 +150,9 @@ class AccountActor(pykka.ThreadingActor):
                 case Wake():
                     self._drain()
                 case Probe(seq=seq):
+                    # Rows can reach the spool without a Wake (adopted from a dead process's
+                    # spool file): each probe drains, so none waits longer than a tick.
+                    self._drain()
                     self._answer_probe(seq)
                 case StopSession():
                     self._stop_session()  # shutdown: no new events, but keep draining the spool
@@ -258,6 +263,8 @@ class AccountActor(pykka.ThreadingActor):
     def _observe(self, event: m.NormalizedEvent, row: SpoolRow) -> None:
         """Move the facts; tell the supervisor what it must act on. Times are when the row
         arrived: a replayed backlog keeps its spacing and counts for the session it came in."""
+        if row.origin is not None:
+            return  # adopted from a process that is gone: its data is written, its session was not this one
         if row.seq <= self._watermark and isinstance(event, m.SessionEvent.__args__):
             return  # an earlier session's (see _watermark)
         now = row.received_at_ms

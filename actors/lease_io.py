@@ -56,8 +56,10 @@ class LeaseIOActor(pykka.ThreadingActor):
             step = "acquire"
             acquired: list = []
             out["acquired"] = acquired  # what was taken before a failure is reported all the same
-            for account_id, expected in r.acquire:
+            for n, (account_id, expected) in enumerate(r.acquire):
                 sent_s = self.clock.monotonic_s()  # its deadline counts from here, not from the round
+                if n and sent_s >= r.acquire_until_s:
+                    break  # the rest next round, after the renewals (at least one per round)
                 lease = store.acquire_lease(account_id, self.instance_id, expected, self.clock.wall_ms(),
                                             self.lease_ms)
                 if lease is not None:

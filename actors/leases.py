@@ -71,7 +71,7 @@ class _Seen:
     sightings: dict[str, policy.Sighting] = field(default_factory=dict)  # leases, by account
     instances: dict[str, dict] = field(default_factory=dict)
     instance_sightings: dict[str, policy.Sighting] = field(default_factory=dict)
-    first_seen: dict[str, float] = field(default_factory=dict)  # instances
+    first_seen: dict[str, tuple[Optional[str], float]] = field(default_factory=dict)  # instance: (incarnation, since)
     read: bool = False  # at least one read succeeded
 
 
@@ -88,6 +88,7 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
         self.held: dict[str, _Held] = {}
         self.seen = _Seen()
         self.draining = False
+        self._left = False  # released everything and left the instances list (shutdown)
         self._in_flight = False
         self._wanted = False
         self._last_ok_s: Optional[float] = None
@@ -98,13 +99,16 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
     # --- life cycle ----------------------------------------------------------------------
 
     def on_start(self) -> None:
-        self._io = LeaseIOActor.start(self.store, self.actor_ref, self.clock, instance_id=self.instance_id,
-                                      incarnation=self.incarnation, lease_ms=int(self.lease_s * 1000),
-                                      started_at_ms=self.started_at_ms, version=self.version)
+        self._io = self._start_io()
         self._timers["round"] = self.ticker.every(self.actor_ref, lp.RoundDue(), self.lease_s / 3)
         log.info("[lease] instanceId=%s incarnation=%s lease=%.1fs: coordinating", self.instance_id,
                  self.incarnation, self.lease_s)
         self._round()
+
+    def _start_io(self) -> pykka.ActorRef:
+        return LeaseIOActor.start(self.store, self.actor_ref, self.clock, instance_id=self.instance_id,
+                                  incarnation=self.incarnation, lease_ms=int(self.lease_s * 1000),
+                                  started_at_ms=self.started_at_ms, version=self.version)
 
     def on_stop(self) -> None:
         for timer in self._timers.values():
@@ -136,8 +140,8 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
                 case lp.Draining():
                     self.draining = True
                     self._publish()
-                case lp.ReleaseAll(reply=reply):
-                    self._release_all(reply)
+                case lp.ReleaseAll():
+                    self._release_all(message)
         except Exception:
             # The coordinator must outlive any surprise: a dead one would stop renewing.
             log.exception("[lease] unexpected error handling %s", type(message).__name__)
@@ -146,6 +150,14 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
     # --- rounds ---------------------------------------------------------------------------
 
     def _round(self) -> None:
+        if self._left:
+            return
+        if not self._io.is_alive():
+            # It never should die (it catches what the store raises); if it did, a round in
+            # flight never comes back: start a new helper rather than never renew again.
+            log.error("[lease] the store helper died: starting a new one")
+            self.metrics.actor_failures.labels(actor="lease_io").inc()
+            self._io, self._in_flight = self._start_io(), False
         if self._in_flight:
             self._wanted = True  # right after the one in flight
             return
@@ -156,7 +168,8 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
         gone = policy.stale(self.seen.instance_sightings, now, self.lease_s) - {self.instance_id}
         self._in_flight, self._wanted = True, False
         self._io.tell(lp.Round(now, renew=tuple(held), release=tuple(release), acquire=tuple(acquire),
-                               held=len(self.held), remove_instances=tuple(sorted(gone))))
+                               acquire_until_s=now + policy.ACQUIRE_BUDGET * self.lease_s, held=len(self.held),
+                               remove_instances=tuple(sorted(gone))))
 
     def _round_done(self, done: lp.RoundDone) -> None:
         self._in_flight = False
@@ -232,8 +245,11 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
         seen.instance_sightings = {
             name: policy.sighted(seen.instance_sightings.get(name), (doc.get("heartbeatAtMs"), doc.get("incarnation")),
                                  now) for name, doc in seen.instances.items()}
-        for name in seen.instances:
-            seen.first_seen.setdefault(name, now)
+        for name, doc in seen.instances.items():
+            incarnation = doc.get("incarnation")
+            known = seen.first_seen.get(name)
+            if known is None or known[0] != incarnation:
+                seen.first_seen[name] = (incarnation, now)  # new, or started again under the same id
         mine = seen.instances.get(self.instance_id)
         if mine is not None and mine.get("incarnation") != self.incarnation:
             log.error("[lease] another process heartbeats as INSTANCE_ID=%s (incarnation %s, ours %s): give every "
@@ -246,7 +262,8 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
 
     def _capacity(self, now: float) -> int:
         live = policy.live(self.seen.instance_sightings, now, self.lease_s) | {self.instance_id}
-        newcomers = {i for i in live if i != self.instance_id and now - self.seen.first_seen.get(i, now) < self.lease_s}
+        newcomers = {i for i in live if i != self.instance_id
+                     and now - self.seen.first_seen.get(i, (None, now))[1] < self.lease_s}
         return policy.capacity(len(self.seen.records), len(live), len(newcomers))
 
     def _rebalance(self, now: float) -> None:
@@ -317,18 +334,23 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
 
     def _arm_deadlines(self) -> None:
         self._cancel("deadlines")
-        if self.held:
-            delay = min(h.deadline_s for h in self.held.values()) - self.clock.monotonic_s()
+        # A stopped one has no socket left to stop: it only waits to be released (were it
+        # counted, a past deadline would re-arm this timer at once, forever).
+        pending = [h.deadline_s for h in self.held.values() if not h.stopped]
+        if pending:
+            delay = min(pending) - self.clock.monotonic_s()
             self._timers["deadlines"] = self.ticker.later(self.actor_ref, lp.DeadlinesDue(), max(0.0, delay))
 
-    def _release_all(self, reply) -> None:
-        """Shutdown: the sockets are stopped; hand every lease back so others take them now."""
-        self.draining = True
-        for name in ("round", "takeover"):
+    def _release_all(self, message: lp.ReleaseAll) -> None:
+        """Shutdown: the sockets are stopped; hand the leases back so others take them now,
+        and have no more rounds (a heartbeat would bring our instance document back)."""
+        self.draining, self._left = True, True
+        for name in ("round", "takeover", "deadlines"):
             self._cancel(name)
-        leases = tuple(h.lease for h in self.held.values())
-        log.info("[lease] releasing %d leases and leaving", len(leases))
-        self._io.tell(lp.Round(self.clock.monotonic_s(), release=leases, leave=True, reply=reply))
+        leases = () if message.keep_all else tuple(h.lease for a, h in self.held.items() if a not in message.keep)
+        log.info("[lease] releasing %d leases (keeping %s) and leaving", len(leases),
+                 "all" if message.keep_all else len(self.held) - len(leases))
+        self._io.tell(lp.Round(self.clock.monotonic_s(), release=leases, leave=True, reply=message.reply))
         self.held.clear()
         self._publish()
 

@@ -58,10 +58,14 @@ class Draining:
 
 @dataclass(frozen=True)
 class ReleaseAll:
-    """Shutdown, after every socket stopped: release every lease (others take them at
-    once) and leave the instances list. `reply` is set when done (or failed)."""
+    """Shutdown, after the sockets stopped: release every lease but those in `keep` (their
+    sockets may still be open; all of them with `keep_all`, when nobody could say), so
+    others take them at once, and leave the instances list. `reply` is set when done (or
+    failed)."""
 
     reply: Reply
+    keep: frozenset[str] = frozenset()
+    keep_all: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class Round:
     renew: tuple[Lease, ...] = ()
     release: tuple[Lease, ...] = ()
     acquire: tuple[tuple[str, Optional[Lease]], ...] = ()  # (account, the record it was read as)
+    acquire_until_s: float = float("inf")  # monotonic: send no acquisition after this
     held: int = 0  # for the heartbeat
     remove_instances: tuple[str, ...] = ()  # dead instances' leftover heartbeat documents
     leave: bool = False  # shutdown: remove our own instance document, read nothing

@@ -142,6 +142,8 @@ class SupervisorActor(pykka.ThreadingActor):
                     answer(reply)
             case sp.StopSessions(reply=reply):
                 self._stop_sessions(reply)
+            case sp.OpenSessions():
+                return frozenset(a for a, _ in self._sessions_left)
             case sp.RunningAccounts():
                 return tuple(sorted(a for a, w in self.watches.items() if w.child is not None))
         return None
@@ -182,7 +184,13 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         w.owned, w.start_due = False, False
         w.token += 1
-        self._stop_child(w)
+        if graceful or w.child is None:
+            self._stop_child(w)
+        else:
+            # The lease is gone already: the socket goes now, not once the actor is through
+            # with whatever it is busy with (a stop waits behind its inbox).
+            child, w.child, w.probe_sent_s = w.child, None, None
+            self._abandon(w, child)
         # Shown as disconnected while its actor stops, gone from the board after. Stored as
         # such only while the lease is still ours: otherwise the new owner's status stands.
         w.status, w.is_degraded, w.warning = S.DISCONNECTED, False, f"stopping here ({reason})"
@@ -251,8 +259,9 @@ class SupervisorActor(pykka.ThreadingActor):
             pass  # gone already; its ChildStopped is on the way (or the deadline passes)
 
     def _abandon(self, w: Watch, child: Child) -> None:
-        """Let go of a child that cannot be stopped: kill its session on a thread of its
-        own (which reports ChildStopped once that session is stopped), unregister it."""
+        """Let go of a child that cannot be stopped, or must not wait to be: kill its
+        session on a thread of its own (which reports ChildStopped once that session is
+        stopped), unregister it."""
         child.abandoned = True
         child.deadline_s = self.clock.monotonic_s() + self.policy.stop_child_s
         w.stopping[child.generation] = child
@@ -286,16 +295,14 @@ class SupervisorActor(pykka.ThreadingActor):
     # --- liveness ------------------------------------------------------------------------
 
     def _liveness(self) -> None:
-        if self.closing:
-            return
         now = self.clock.monotonic_s()
         hung_s = self.policy.hung_after_ms / 1000
         for w in list(self.watches.values()):
             for child in list(w.stopping.values()):
                 if now >= child.deadline_s:
                     self._overdue(w, child)
-            if w.child is None:
-                continue
+            if w.child is None or self.closing:
+                continue  # (closing: children are stopping their sessions, not answering probes)
             if w.probe_sent_s is not None:
                 # Counted in ticks, not compared in seconds: a probe sent a hair late in its
                 # tick must not get a whole extra tick to answer.
@@ -507,6 +514,8 @@ class SupervisorActor(pykka.ThreadingActor):
             w.token, w.start_due = w.token + 1, False
             if w.child is not None and _tell(w.child.ref, StopSession()):
                 self._sessions_left.add((w.account_id, w.child.generation))
+            # Children stopping already (a lease given up, a restart): their ChildStopped counts.
+            self._sessions_left.update((w.account_id, generation) for generation in w.stopping)
             self._publish(w)  # nothing starts any more: the sweeper takes rows of accounts without an actor
         self._sessions_reply = reply
         self._answer_when_sessions_stopped()

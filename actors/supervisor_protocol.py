@@ -166,10 +166,17 @@ class InjectFault:
 
 @dataclass(frozen=True)
 class StopSessions:
-    """Shutdown, step one: no more starts; every child stops its session. `reply` is set
-    once every child has reported SessionStopped."""
+    """Shutdown, step one: no more starts; every child stops its session (and every child
+    already stopping finishes). `reply` is set once all of them have."""
 
     reply: Reply
+
+
+@dataclass(frozen=True)
+class OpenSessions:
+    """Ask, after StopSessions: the accounts whose sessions have not stopped yet (a
+    frozenset of ids). Their leases must not be released: another instance taking one
+    would connect while this socket is still open."""
 
 
 @dataclass(frozen=True)
@@ -179,4 +186,4 @@ class RunningAccounts:
 
 SupervisorMsg = Union[Owned, Lost, Tick, StartDue, Facts, ChildFailed, SessionStopped, ChildStopped,
                       SessionLoggedOut, SessionReplaced, SessionBanned, SessionPaired, WriteRejected,
-                      RestartAccount, RequestPairingCode, InjectFault, StopSessions, RunningAccounts]
+                      RestartAccount, RequestPairingCode, InjectFault, StopSessions, OpenSessions, RunningAccounts]

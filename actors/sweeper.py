@@ -68,8 +68,7 @@ class SweeperActor(pykka.ThreadingActor):
         spool = self.ingest.spool
         self._sweeps += 1
         if self._sweeps % max(1, round(ADOPT_EVERY_S / self.every_s)) == 0:
-            for orphan in spool.orphans():
-                spool.adopt(orphan)
+            spool.adopt_orphans()
         pending = set(spool.accounts_with_pending())
         for account_id in list(self.cursors):
             if account_id not in pending or self.board.ingesting(account_id):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+_MONOTONIC = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
 
 class Clock:
     def wall_ms(self) -> int:
@@ -12,8 +14,10 @@ class Clock:
         return time.time_ns() // 1_000_000
 
     def monotonic_s(self) -> float:
-        """For intervals and timeouts: never jumps."""
-        return time.monotonic()
+        """For intervals and timeouts: never jumps back, and counts the time the machine
+        was suspended (CLOCK_BOOTTIME where there is one): a lease holder whose VM was
+        paused must find its renewal deadline passed when it wakes, not still ahead."""
+        return time.clock_gettime(_MONOTONIC)
 
 
 class FakeClock(Clock):

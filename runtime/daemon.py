@@ -29,7 +29,7 @@ from wasync.actors.leases_protocol import Draining, ReleaseAll
 from wasync.actors.reply import new_reply
 from wasync.actors.startgate import StartGate
 from wasync.actors.supervisor import SupervisorActor
-from wasync.actors.supervisor_protocol import StopSessions
+from wasync.actors.supervisor_protocol import OpenSessions, StopSessions
 from wasync.actors.sweeper import SweeperActor, SweepNow
 from wasync.actors.watch import SupervisionPolicy
 from wasync.actors.writer import StoreWriterActor
@@ -96,8 +96,7 @@ class System:
 
     def start(self) -> "System":
         s = self.settings
-        for orphan in self.spool.orphans():  # spools of processes that died on this host: ours to replay
-            self.spool.adopt(orphan)
+        self.spool.adopt_orphans(include_legacy=True)  # spools of processes that died on this host: ours to replay
         self.ticker.start()
         self.writer = StoreWriterActor.start(self.store, self.spool, self.board, self.metrics, self.clock,
                                              self.ticker, on_rejected=lambda rejected: self.supervisor.tell(rejected))
@@ -141,8 +140,15 @@ class System:
         left = self.spool.depth()
         log.info("[supervisor] shutting down: spool %s (%d events left for the next start)",
                  "empty" if drained else "not empty", left)
+        try:
+            still_open = self.supervisor.ask(OpenSessions(), timeout=5)
+        except pykka.Timeout:
+            still_open = None
+        if still_open:
+            log.error("[lease] %d sessions did not stop (%s): their leases are kept until they expire, so no "
+                      "other instance connects beside them", len(still_open), ", ".join(sorted(still_open)[:10]))
         released = new_reply()  # the sockets are stopped: others may take the accounts now
-        self.leases.tell(ReleaseAll(released))
+        self.leases.tell(ReleaseAll(released, keep=frozenset(still_open or ()), keep_all=still_open is None))
         try:
             released.get(timeout=10)
         except pykka.Timeout:

@@ -11,12 +11,13 @@ never leave the shared connection inside an open transaction, or the appends aft
 (the ack point!) would join a transaction nobody commits. Readers borrow a connection
 from a small pool, so threads that come and go (replaced actors) leave none behind.
 
-One spool per process: `open_spool` gives each instance its own file under
-`{WASYNC_DATA_DIR}/spool/`, locked while the process lives (a second process with the
-same INSTANCE_ID and data dir is refused). The spool of a process that died, on this
-host, is adopted by a live one (`adopt`): its rows move over, keeping where they came
-from, and are replayed like any other. Copying a dead host's spool file into that
-folder recovers it by hand.
+One spool per process: each instance has its own file, `spool_path(data_dir, id)` =
+`{WASYNC_DATA_DIR}/spool/{INSTANCE_ID}.db`, locked while the process lives (a second
+process with the same INSTANCE_ID and data dir is refused). The spool of a process that
+died, on this host, is adopted by a live one (`adopt_orphans`): its rows move over,
+keeping where they came from, and are replayed like any other. Copying a dead host's
+spool file into that folder (under a temporary name, then renamed to `*.db`) recovers
+it by hand.
 
 Durability: WAL with synchronous=NORMAL survives a crash of the process (SIGKILL), not
 a power cut of the machine in the last moments before a checkpoint.
@@ -75,8 +76,14 @@ def spool_path(data_dir: str | Path, instance_id: str) -> Path:
     return Path(data_dir) / SPOOL_DIR / (re.sub(r"[^A-Za-z0-9._-]", "_", instance_id) + ".db")
 
 
-def _lock(path: Path):
-    """Hold `path`'s lock file for as long as the returned file is open; None if taken."""
+ADOPTING = "adopting"  # in a lock file: held by a process moving that spool's rows over
+ADOPTION_WAIT_S = 60.0  # how long a process waits for its own spool while another adopts it
+
+
+def _lock(path: Path, purpose: str = "running"):
+    """Hold `path`'s lock file for as long as the returned file is open; None if taken.
+    The lock file is never removed: a process that opened it just before the removal
+    would lock a file nobody else sees, and two processes would hold one spool."""
     handle = open(path.with_name(path.name + ".lock"), "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -85,20 +92,32 @@ def _lock(path: Path):
         return None
     handle.seek(0)
     handle.truncate()
-    handle.write(f"{os.getpid()}\n")
+    handle.write(f"{os.getpid()} {purpose}\n")
     handle.flush()
     return handle
+
+
+def _lock_own(path: Path, wait_s: float):
+    """The lock of this process's own spool. A process restarted under the same
+    INSTANCE_ID may find another one on the host adopting its old spool: it waits for
+    that (seconds), rather than be refused."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        handle = _lock(path)
+        if handle is not None:
+            return handle
+        holder = path.with_name(path.name + ".lock").read_text().strip() or "?"
+        if ADOPTING not in holder or time.monotonic() >= deadline:
+            raise SpoolInUse(f"{path} is in use by another wasync process (pid {holder.split()[0]}): give every "
+                             "process its own INSTANCE_ID, or its own WASYNC_DATA_DIR")
+        time.sleep(0.1)
 
 
 class Spool:
     def __init__(self, path: str | Path, clock: Optional[Clock] = None, *, busy_timeout_s: float = 30.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_file = _lock(self.path)
-        if self._lock_file is None:
-            holder = self.path.with_name(self.path.name + ".lock").read_text().strip() or "?"
-            raise SpoolInUse(f"{self.path} is in use by another wasync process (pid {holder}): give every process "
-                             "its own INSTANCE_ID, or its own WASYNC_DATA_DIR")
+        self._lock_file = _lock_own(self.path, ADOPTION_WAIT_S)
         self.clock = clock or Clock()
         self._busy_timeout_s = busy_timeout_s
         # One writing connection behind a lock: appends come from many transport threads
@@ -219,7 +238,7 @@ class Spool:
         came from, so a history chunk is still counted once) and remove that file; one
         with quarantined rows is kept, renamed, for whoever looks into them. Returns the
         rows moved; 0 if the file belongs to a live process."""
-        handle = _lock(orphan)
+        handle = _lock(orphan, ADOPTING)
         if handle is None:
             return 0
         try:
@@ -258,17 +277,39 @@ class Spool:
                         f"; its {quarantined} quarantined events stay in the renamed file" if quarantined else "")
             return len(rows)
         finally:
-            orphan.with_name(orphan.name + ".lock").unlink(missing_ok=True)
             handle.close()
 
-    def orphans(self) -> list[Path]:
-        """Other spool files next to this one (and a legacy `{data_dir}/spool.db`): those no
-        live process holds are for `adopt`."""
+    def orphans(self, include_legacy: bool = False) -> list[Path]:
+        """Other spool files next to this one (and, with `include_legacy`, the
+        `{data_dir}/spool.db` of versions before one spool per process): those no live
+        process holds are for `adopt`."""
         candidates = [p for p in self.path.parent.glob("*.db") if p != self.path]
         legacy = self.path.parent.parent / "spool.db"
-        if legacy.exists() and legacy != self.path:
+        if include_legacy and legacy.exists() and legacy != self.path:
             candidates.append(legacy)
         return sorted(candidates)
+
+    def adopt_orphans(self, include_legacy: bool = False) -> int:
+        """`adopt` every orphan; returns the rows moved. A file that is not a spool (not
+        SQLite, another schema) is renamed aside with an error, so it is neither retried
+        forever nor lost; any other failure is logged and retried next time.
+
+        The legacy file is adopted at start only: a process of an older version (which
+        takes no lock) may still be running on it until it is stopped; stop it first."""
+        moved = 0
+        for orphan in self.orphans(include_legacy):
+            try:
+                moved += self.adopt(orphan)
+            except sqlite3.OperationalError:
+                log.exception("[realtime] could not adopt %s now (will try again)", orphan)
+            except sqlite3.DatabaseError as exc:
+                aside = orphan.with_name(f"{orphan.name}.unreadable-{int(time.time())}")
+                orphan.rename(aside)
+                log.error("[realtime] %s is not a readable spool (%s): moved aside to %s, nothing read from it",
+                          orphan, exc, aside)
+            except Exception:
+                log.exception("[realtime] could not adopt %s (will try again)", orphan)
+        return moved
 
     def close(self) -> None:
         self._closed = True

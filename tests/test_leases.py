@@ -173,3 +173,70 @@ def test_a_former_holder_cannot_write_with_its_old_epoch(cluster):
     assert b.metrics.stale_fence_rejections._value.get() == 1
     assert b.store.get_account("a03")["status"] != "logged_out"
     assert len(pykka.ActorRegistry.get_by_class(AccountActor)) == 10  # b still runs all of them
+
+
+@pytest.mark.timeout(60)  # the bug this guards against spun the deadline timer forever
+def test_a_lease_waiting_to_be_released_while_the_store_is_down_keeps_no_deadline(cluster):
+    import sqlite3
+    import threading
+
+    a = cluster.start("i-a")
+    cluster.advance(5)
+    gate = a.transport.slow_stop["a00"] = threading.Event()
+    a.store.delete_account("a00")
+    cluster.advance(LEASE_S / 3)  # the next read: a00 is given up, its socket slow to stop
+    assert a.metrics.lease_lost.labels(reason="removed")._value.get() == 1
+    blocker = sqlite3.connect(cluster.path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # the store stops answering: a00 cannot be released
+    try:
+        gate.set()
+        a.until(lambda: "a00" not in a.running(), what="a00 stopped")
+        cluster.advance(LEASE_S)  # past every deadline: the live ones are lost, a00 only waits
+        assert a.running() == ()
+        assert a.metrics.lease_lost.labels(reason="deadline")._value.get() == 9
+        assert a.system.leases.proxy().held.get().keys() == {"a00"}
+    finally:
+        blocker.execute("ROLLBACK")
+    cluster.advance(LEASE_S / 3 + 0.5)
+    assert a.store.get_lease("a00").released
+    cluster.advance(2 * LEASE_S)
+    assert len(a.running()) == 9
+
+
+def test_shutdown_keeps_the_leases_of_sessions_that_did_not_stop(cluster):
+    """A lease is released only once its socket is closed: another instance taking it
+    would connect beside the socket still open here. Sessions stopping already (a lease
+    given up) count as much as the running ones; and having left, no heartbeat brings
+    the instance document back."""
+    import threading
+
+    a = cluster.start("i-a")
+    cluster.advance(5)
+    for account_id in ("a00", "a01"):
+        a.transport.slow_stop[account_id] = threading.Event()
+    a.store.delete_account("a01")
+    cluster.advance(LEASE_S / 3)  # a01 is being given up; its session is slow to stop
+    assert a.metrics.lease_lost.labels(reason="removed")._value.get() == 1
+    a.stopped = True
+    a.system.stop(drain_s=1)  # a00's session hangs in stop() too
+    store = SqliteStore(cluster.path)
+    try:
+        leases = {lease.account_id: lease for lease in store.list_leases()}
+        assert not leases["a00"].released and not leases["a01"].released
+        assert all(leases[f"a{n:02d}"].released for n in range(2, 10))
+        assert store.list_instances() == []
+    finally:
+        store.close()
+        a.transport.release()
+
+
+def test_a_store_helper_that_died_is_replaced_and_renewals_go_on(cluster):
+    from wasync.actors.lease_io import LeaseIOActor
+
+    a = cluster.start("i-a")
+    cluster.advance(5)
+    [io] = pykka.ActorRegistry.get_by_class(LeaseIOActor)
+    io.stop()
+    cluster.advance(2 * LEASE_S)
+    assert len(a.running()) == 10 and a.metrics.lease_lost.labels(reason="deadline")._value.get() == 0
+    assert a.metrics.actor_failures.labels(actor="lease_io")._value.get() == 1

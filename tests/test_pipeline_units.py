@@ -154,3 +154,26 @@ def test_rows_of_a_process_that_died_are_adopted_and_still_counted_once(rigs):
     new.until(lambda: new.system.spool.depth() == 0, what="the adopted row stored")
     assert new.store.get_account("a1")["historySyncCount"] == 1
     assert new.store.get_message("a1", ALICE, "R9")["body"] == "adopted"
+
+
+def test_adopted_rows_are_written_but_say_nothing_about_the_running_session(rigs):
+    """A dead process's last events for an account (the StreamReplaced that ended its
+    socket, a Disconnected) arrive by adoption while this process runs the account: the
+    message is stored, the session here is not taken for replaced or disconnected."""
+    from wasync.runtime.spool import Spool, spool_path
+
+    rig = rigs([("a1", PHONE)], instance_id="new-2")
+    rig.transport.connect_on_start.add("a1")
+    rig.start()
+    rig.until(lambda: rig.board.account("a1").connected, what="a1 connected")
+    dead = Spool(spool_path(rig.system.settings.data_dir, "old-1"))
+    dead.append("a1", *live_message("D1", "from the dead process"))
+    dead.append("a1", *pb.wire(pb.stream_replaced_event()))
+    dead.append("a1", *pb.wire(pb.disconnected_event()))
+    dead.close()
+    rig.advance(31)  # the sweeper adopts it
+    rig.until(lambda: rig.store.get_message("a1", ALICE, "D1") is not None, what="the adopted message stored")
+    rig.settle()
+    assert rig.board.account("a1").connected
+    assert rig.metrics.lease_lost.labels(reason="taken")._value.get() == 0
+    assert "a1" in rig.running() and rig.transport.opened["a1"] == 1

@@ -170,9 +170,49 @@ def test_a_live_process_spool_is_not_adopted_and_a_legacy_one_is(tmp_path):
     legacy.append("a9", "Message", b"old")
     legacy.close()
     mine = Spool(spool_path(tmp_path, "me"))
-    assert sorted(p.name for p in mine.orphans()) == ["spool.db", "still-running.db"]
-    adopted = sum(mine.adopt(p) for p in mine.orphans())
+    assert [p.name for p in mine.orphans()] == ["still-running.db"]  # the legacy one: at start only
+    assert sorted(p.name for p in mine.orphans(include_legacy=True)) == ["spool.db", "still-running.db"]
+    adopted = mine.adopt_orphans(include_legacy=True)
     assert adopted == 1 and [r.raw for r in mine.pending("a9")] == [b"old"] and mine.pending("a1") == []
     assert other.depth() == 1  # untouched: its process lives
     other.close()
     mine.close()
+
+
+def test_a_file_that_is_no_spool_is_moved_aside_and_the_others_adopted(tmp_path, caplog):
+    from wasync.runtime.spool import spool_path
+
+    bad = spool_path(tmp_path, "garbage")
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"this is not SQLite" * 100)
+    dead = Spool(spool_path(tmp_path, "dead"))
+    dead.append("a1", "Message", b"msg")
+    dead.close()
+    live = Spool(spool_path(tmp_path, "live"))
+    assert live.adopt_orphans() == 1 and [r.raw for r in live.pending("a1")] == [b"msg"]
+    [aside] = bad.parent.glob("garbage.db.unreadable-*")
+    assert aside.read_bytes().startswith(b"this is not SQLite") and not bad.exists()
+    assert "not a readable spool" in caplog.text
+    assert live.adopt_orphans() == 0  # not tried again
+    live.close()
+
+
+def test_a_restarted_process_waits_while_another_adopts_its_old_spool(tmp_path):
+    import threading
+    import time
+
+    from wasync.runtime.spool import ADOPTING, SpoolInUse, _lock, spool_path
+
+    path = spool_path(tmp_path, "i1")
+    Spool(path).close()
+    adopter = _lock(path, ADOPTING)
+    threading.Timer(0.5, adopter.close).start()
+    started = time.monotonic()
+    Spool(path).close()  # not refused: it waited for the adoption
+    assert 0.4 < time.monotonic() - started < 5
+    running = Spool(path)
+    started = time.monotonic()
+    with pytest.raises(SpoolInUse):  # a live process with the same INSTANCE_ID: refused at once
+        Spool(path)
+    assert time.monotonic() - started < 1
+    running.close()

@@ -201,8 +201,10 @@ def test_a_new_actor_waits_until_the_old_session_has_really_stopped(rig_factory)
 
 
 def test_nothing_starts_once_the_daemon_is_shutting_down(rig_factory):
+    import pykka
+
     from wasync.actors.reply import new_reply
-    from wasync.actors.supervisor_protocol import StopSessions
+    from wasync.actors.supervisor_protocol import OpenSessions, StopSessions
 
     rig = rig_factory([("a1", "15550001111"), ("a2", "15550002222")], WASYNC_DEBUG_FAULTS="true")
     rig.advance(0.5)
@@ -210,9 +212,26 @@ def test_nothing_starts_once_the_daemon_is_shutting_down(rig_factory):
     rig.advance(3)  # the restart is due, waiting for the old actor to stop
     stopped = new_reply()
     rig.supervisor.tell(StopSessions(stopped))
-    assert stopped.get(timeout=10) is True  # a2 stopped its session; a1 has no running child
+    # a2 stops its session at once; a1 has no running child, but its old one is still stopping
+    with pytest.raises(pykka.Timeout):
+        stopped.get(timeout=1)
+    assert rig.supervisor.ask(OpenSessions(), timeout=5) == frozenset({"a1"})
     rig.transport.slow_stop["a1"].set()
     rig.until(lambda: rig.transport.sessions["a1"].stopped.is_set(), what="the old session stopped")
+    assert stopped.get(timeout=10) is True and rig.supervisor.ask(OpenSessions(), timeout=5) == frozenset()
     rig.advance(5)
     assert rig.transport.opened == {"a1": 1, "a2": 1} and rig.running() == ("a2",)
     assert rig.board.account("a1") is not None and not rig.board.ingesting("a1")  # its rows go to the sweeper
+
+
+def test_a_lease_lost_outright_closes_the_socket_even_while_the_actor_is_busy(rig_factory):
+    from wasync.actors.supervisor_protocol import Lost
+
+    rig = rig_factory([("a1", "15550001111")], WASYNC_DEBUG_FAULTS="true")
+    rig.advance(0.5)
+    first = rig.transport.sessions["a1"]
+    rig.control.inject_fault("a1", "block")  # busy for good: its stop waits behind its inbox
+    rig.supervisor.tell(Lost("a1", "not renewed in time", graceful=False))
+    wait_for(lambda: first.stopped.is_set(), 5, "the socket closed without the actor")
+    rig.advance(1)
+    assert rig.running() == ()

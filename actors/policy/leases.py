@@ -20,6 +20,9 @@ from typing import Hashable, Iterable, Mapping, Optional
 from wasync.runtime.store.base import Lease
 
 STOP_AT = 2 / 3  # of a lease after the last renewal was sent: the holder stops its socket
+# Takeovers in one round stop after this share of a lease (the rest wait for the next
+# round, which renews first): a long run of acquisitions must not hold back renewals.
+ACQUIRE_BUDGET = 1 / 6
 STALE_INSTANCE_LEASES = 5  # an instance doc unchanged this many leases is a dead instance's
 
 
