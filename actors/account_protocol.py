@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal, Optional, Union
 
+from wasync.actors.policy.backfill import BackfillRules, RecentRules
 from wasync.actors.reply import Reply
+from wasync.runtime.backfill import Job, ThreadHistory, Trigger
 
 
 @dataclass(frozen=True)
@@ -42,4 +44,51 @@ class Fault:
     kind: Literal["raise", "block"]
 
 
-AccountMsg = Union[Wake, Probe, StopSession, PairPhone, Fault]
+@dataclass(frozen=True)
+class RunWalk:
+    """The scheduler (through the supervisor): walk the account's threads asking WhatsApp
+    for history, under the job lock it holds; report `scheduler_protocol.WalkFinished`."""
+
+    run_id: str
+    job: Job
+    trigger: Trigger
+    rules: Union[BackfillRules, RecentRules]
+    threads_read: int  # how many threads to read from the store for the plan
+
+
+@dataclass(frozen=True)
+class CancelWalk:
+    """The scheduler: the run's time is up (its job lock is about to lapse)."""
+
+    run_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PlanRead:
+    """The store's thread histories for a walk's plan (read off the actor's thread)."""
+
+    run_id: str
+    threads: tuple[ThreadHistory, ...] = ()
+    error: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class RequestSent:
+    """A history request of a walk went out (`error` None) or could not be sent."""
+
+    run_id: str
+    seq: int
+    error: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class RequestOverdue:
+    """Ticker: the answer to a history request is overdue."""
+
+    run_id: str
+    seq: int
+
+
+AccountMsg = Union[Wake, Probe, StopSession, PairPhone, Fault, RunWalk, CancelWalk, PlanRead, RequestSent,
+                   RequestOverdue]

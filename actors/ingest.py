@@ -103,6 +103,11 @@ class Ingest:
             b.threads.extend(event.threads)
             for msg in event.messages:
                 self.metrics.messages_ingested.labels(source=msg.sync_source.value, type=msg.message_type.value).inc()
+        if event.sync_type is m.HistorySyncType.ON_DEMAND:
+            # An answer to our own request (a backfill walk): not a history sync of the phone's.
+            log.info("[auto-backfill] accountId=%s on-demand answer chats=%d messages=%d", b.account_id,
+                     len(event.threads), len(event.messages))
+            return
         result = HistorySyncResult(saved=0 if dry else len(event.messages), skipped=event.skipped, errors=0,
                                    total=len(event.messages) + event.skipped, dry_run=dry)
         # Known by the spool row it was first written to: a replayed chunk is not counted twice.

@@ -66,10 +66,12 @@ class SupervisorActor(pykka.ThreadingActor):
     def __init__(self, make_child: ChildFactory, *, writer: pykka.ActorRef, board: Board, metrics: Metrics,
                  gate: StartGate, ticker: Timers, clock: Clock, alerts: Alerts,
                  to_leases: Callable[[object], None] = lambda message: None,
+                 to_scheduler: Callable[[object], None] = lambda message: None,
                  policy: SupervisionPolicy = SupervisionPolicy(), rand: Optional[random.Random] = None):
         super().__init__()
         self.make_child = make_child
         self.to_leases = to_leases  # tells the lease coordinator (wired late: each needs the other)
+        self.to_scheduler = to_scheduler
         self.writer, self.board, self.metrics, self.gate = writer, board, metrics, gate
         self.ticker, self.clock, self.alerts, self.policy = ticker, clock, alerts, policy
         self.rand = rand or random.Random()
@@ -140,6 +142,16 @@ class SupervisorActor(pykka.ThreadingActor):
             case sp.InjectFault(account_id=a, kind=kind, reply=reply):
                 if self._to_child(a, Fault(kind), reply):
                     answer(reply)
+            case sp.ToAccount(account_id=a, message=order, on_absent=on_absent):
+                w = self.watches.get(a)
+                try:
+                    if w is not None and w.child is not None and not self.closing:
+                        w.child.ref.tell(order)
+                        return None
+                except pykka.ActorDeadError:
+                    pass
+                if on_absent is not None:
+                    self.to_scheduler(on_absent)
             case sp.StopSessions(reply=reply):
                 self._stop_sessions(reply)
             case sp.OpenSessions():

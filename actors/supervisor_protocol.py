@@ -165,6 +165,17 @@ class InjectFault:
 
 
 @dataclass(frozen=True)
+class ToAccount:
+    """The scheduler's orders for an account's actor (a history walk, its cancellation):
+    the supervisor owns the actors and hands them on; `on_absent` goes back to the
+    scheduler when no actor runs the account here."""
+
+    account_id: str
+    message: object  # an account_protocol message (RunWalk, CancelWalk)
+    on_absent: object = None  # a scheduler_protocol message
+
+
+@dataclass(frozen=True)
 class StopSessions:
     """Shutdown, step one: no more starts; every child stops its session (and every child
     already stopping finishes). `reply` is set once all of them have."""
@@ -186,4 +197,5 @@ class RunningAccounts:
 
 SupervisorMsg = Union[Owned, Lost, Tick, StartDue, Facts, ChildFailed, SessionStopped, ChildStopped,
                       SessionLoggedOut, SessionReplaced, SessionBanned, SessionPaired, WriteRejected,
-                      RestartAccount, RequestPairingCode, InjectFault, StopSessions, OpenSessions, RunningAccounts]
+                      RestartAccount, RequestPairingCode, InjectFault, ToAccount, StopSessions, OpenSessions,
+                      RunningAccounts]

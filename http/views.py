@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from wasync.runtime.account import AccountState
+from wasync.runtime.backfill import MessageRef, ThreadHistory
 from wasync.runtime.board import Snapshot
+from wasync.runtime.model import thread_id
 
 NOT_HERE = "not running on this instance"
 
@@ -48,13 +50,17 @@ class AccountView:
             "degraded": False, "warning": NOT_HERE, "needsRepair": bool(doc.get("needsRepair")),
             "repairReason": doc.get("repairReason"), "restarts": 0, "lastRealMessageMs": None,
             "lastHistorySyncAt": doc.get("lastHistorySyncAt"), "lastRealtimeMessageAt": doc.get("lastRealtimeMessageAt"),
-            "lastBackfillAt": doc.get("lastBackfillAt"),
+            "lastBackfillAt": doc.get("lastBackfillAt"), "lastBackfillStatus": doc.get("lastBackfillStatus"),
+            "backfillRunning": None,
         }
         row["leaseHolder"], row["leaseEpoch"] = self._holder(instance_id)
         if live is not None:
             row.update(phone=live.phone or row["phone"], connected=live.connected, degraded=live.is_degraded,
                        warning=live.warning, needsRepair=live.needs_repair, repairReason=live.repair_reason,
-                       restarts=live.restarts, lastRealMessageMs=live.last_real_message_ms)
+                       restarts=live.restarts, lastRealMessageMs=live.last_real_message_ms,
+                       backfillRunning=None if live.walk is None else {
+                           "job": live.walk.job.value, "threadsDone": live.walk.threads_done,
+                           "threadsTotal": live.walk.threads_total, "messages": live.walk.messages})
         return row
 
     def health(self, now_ms: int, instance_id: str) -> dict:
@@ -92,3 +98,51 @@ def one(account_id: str, doc: dict, snapshot: Snapshot) -> AccountView:
     live = next((a for a in snapshot.accounts if a.account_id == account_id), None)
     holders = snapshot.leases.holders if snapshot.leases is not None else {}
     return AccountView(account_id, doc, live, holders.get(account_id))
+
+
+def backfill_status(view: AccountView, threads: list[ThreadHistory], instance_id: str) -> dict:
+    """GET /api/admin/backfill/{id}/status: what runs now, how the last runs went, and how
+    complete the account's history is, thread by thread (the most recent `len(threads)`).
+
+    A thread is `complete` when WhatsApp said nothing older exists, `unreachable` when it
+    is not and this account's transport cannot ask for older history (neonize 0.5.2), and
+    `incomplete` otherwise (more may come from a backfill)."""
+    doc, live = view.doc, view.live
+    on_demand = None if live is None else live.on_demand
+    rows, counts, stored = [], {"complete": 0, "incomplete": 0, "unreachable": 0}, 0
+    for t in threads:
+        state = "complete" if t.complete else ("unreachable" if on_demand is False else "incomplete")
+        counts[state] += 1
+        stored += t.stored
+        rows.append({
+            "threadId": thread_id(t.account_id, t.chat_jid), "chatJid": t.chat_jid, "state": state,
+            "stored": t.stored, "complete": t.complete, "lastMessageAtMs": t.last_message_at_ms,
+            "oldest": _ref(t.oldest), "newest": _ref(t.newest), "lastBackfillAtMs": t.last_backfill_at_ms,
+            "lastBackfillResult": t.last_backfill_result,
+        })
+    walk = live.walk if live is not None else None
+    holder, epoch = view._holder(instance_id)
+    return {
+        "success": True, "accountId": view.account_id, "leaseHolder": holder, "leaseEpoch": epoch,
+        "onDemand": {True: "available", False: "unavailable"}.get(on_demand, "unknown"),
+        "running": None if walk is None else {
+            "runId": walk.run_id, "job": walk.job.value, "trigger": walk.trigger.value,
+            "startedAtMs": walk.started_ms, "threadsTotal": walk.threads_total, "threadsDone": walk.threads_done,
+            "messages": walk.messages},
+        "lock": {"holder": doc.get("autoBackfillLeaseHolder"), "until": doc.get("autoBackfillLeaseUntil"),
+                 "acquiredAt": doc.get("autoBackfillLeaseAcquiredAt")},
+        "last": {"status": doc.get("lastBackfillStatus"), "at": doc.get("lastBackfillAt"),
+                 "error": doc.get("lastBackfillError"), "stats": doc.get("lastBackfillStats"),
+                 "result": doc.get("lastBackfillResult")},
+        "auto": {k: doc.get(k) for k in ("lastAutoBackfillAt", "lastAutoBackfillSuccessAt",
+                                         "lastAutoBackfillAttemptAt", "lastAutoBackfillStatus")},
+        "recentSync": {"lastRecentSyncAt": doc.get("lastRecentSyncAt"),
+                       "lastRecentSyncResult": doc.get("lastRecentSyncResult")},
+        "lastAutoRepairAt": doc.get("lastAutoRepairAt"),
+        "completeness": {"threads": len(threads), **counts, "messagesStored": stored},
+        "threads": rows,
+    }
+
+
+def _ref(ref: Optional[MessageRef]) -> Optional[dict]:
+    return None if ref is None else {"id": ref.id, "tsMs": ref.ts_ms, "fromMe": ref.from_me}

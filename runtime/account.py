@@ -15,6 +15,7 @@ import secrets
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
+from wasync.runtime.backfill import JobRun, Progress
 from wasync.runtime.model import AccountStatus
 
 # --- ids and phones ---------------------------------------------------------------------
@@ -113,6 +114,10 @@ class AccountPatch:
     realtime_message_ms: Optional[int] = None  # lastRealtimeMessageAt: that message's own time
     realtime_error: Optional[str] = None
     history: Optional[HistorySyncUpdate] = None
+    # the scheduler's jobs (runtime/backfill.py): a run started or finished, and repairs
+    backfill: Optional[JobRun] = None
+    recent_sync: Optional[JobRun] = None
+    auto_repair_ms: Optional[int] = None  # lastAutoRepairAt
 
     def then(self, later: "AccountPatch") -> "AccountPatch":
         """This change followed by `later`: later values win; history chunks add up."""
@@ -127,6 +132,19 @@ class AccountPatch:
 
 
 @dataclass(frozen=True)
+class JobTimes:
+    """The stored times the scheduler's eligibility rules read (SPEC §2), so cooldowns and
+    backoffs hold across restarts and lease moves."""
+
+    last_auto_backfill_ms: Optional[int] = None  # lastAutoBackfillAt: the last run's start
+    last_auto_backfill_success_ms: Optional[int] = None  # lastAutoBackfillSuccessAt
+    last_auto_backfill_attempt_ms: Optional[int] = None  # lastAutoBackfillAttemptAt
+    last_auto_backfill_ok: Optional[bool] = None  # lastAutoBackfillStatus.ok (None: running/never)
+    last_recent_sync_ms: Optional[int] = None  # lastRecentSyncAt
+    last_auto_repair_ms: Optional[int] = None  # lastAutoRepairAt
+
+
+@dataclass(frozen=True)
 class AccountRecord:
     """An account as stored, as far as deciding to run it goes."""
 
@@ -135,6 +153,8 @@ class AccountRecord:
     phone: Optional[str] = None
     status: Optional[AccountStatus] = None
     repair: Repair = NO_REPAIR
+    jobs: JobTimes = JobTimes()
+
 
 
 # --- what is observed, what is decided, what readers see ---------------------------------
@@ -176,6 +196,8 @@ class AccountFacts:
     realtime_error: Optional[str] = None
     qr_code: Optional[str] = None  # the pairing code to show now
     session_failure: Optional[str] = None  # the transport's connection loop died
+    on_demand: Optional[bool] = None  # the session can ask for older history (None: no session yet)
+    walk: Optional[Progress] = None  # a backfill or recent-sync walking the threads now
 
     @property
     def connected(self) -> bool:
@@ -226,6 +248,8 @@ class AccountState:
     last_history_sync_ms: Optional[int] = None
     keepalive_timeouts: int = 0
     undecryptable_recent: int = 0
+    on_demand: Optional[bool] = None
+    walk: Optional[Progress] = None
 
     @classmethod
     def of(cls, decided: Supervision, observed: Optional[AccountFacts]) -> "AccountState":
@@ -241,4 +265,5 @@ class AccountState:
                 last_real_message_ms=f.last_real_message_ms, last_protocol_message_ms=f.last_protocol_message_ms,
                 connected_since_ms=f.connected_since_ms, real_messages=f.real_messages,
                 protocol_messages=f.protocol_messages, last_history_sync_ms=f.last_history_sync_ms,
-                keepalive_timeouts=f.keepalive_timeouts, undecryptable_recent=f.undecryptable_recent)))
+                keepalive_timeouts=f.keepalive_timeouts, undecryptable_recent=f.undecryptable_recent,
+                on_demand=f.on_demand, walk=f.walk)))

@@ -10,6 +10,7 @@ COMMANDS = {
     "run": "run the daemon (HTTP on HOST:PORT; settings from the environment)",
     "accounts": "add, list or remove accounts in the store (works without the daemon)",
     "pair": "pair an account through the running daemon (QR in the terminal, or --phone code)",
+    "backfill": "start a backfill of ACCOUNT through the running daemon (--wait: follow it)",
     "doctor": "check what an operator checks first: neonize, paths, store, clock",
     "config": "print the effective settings and where each came from",
     "sim": "run the simulated WhatsApp service (SIMULATOR.md)",
@@ -135,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         from wasync.runtime.pairing_cli import main as pair_main
 
         return pair_main(rest, settings)
+    if command == "backfill":
+        settings = _settings()
+        if settings is None:
+            return 2
+        from wasync.runtime.backfill_cli import main as backfill_main
+
+        return backfill_main(rest, settings)
     if command == "doctor":
         settings = _settings()
         if settings is None:

@@ -198,6 +198,11 @@ VARIABLES: tuple[Var, ...] = (
     Var("firebase_service_account_json", ("FIREBASE_SERVICE_ACCOUNT_JSON",), non_empty, None, secret=True),
     Var("firestore_emulator_host", ("FIRESTORE_EMULATOR_HOST",), host_port, None),
     Var("sync_full_history", ("WHATSAPP_SYNC_FULL_HISTORY",), parse_bool, True),
+    # Asked of the phone at pairing, with WHATSAPP_SYNC_FULL_HISTORY only; the phone decides.
+    Var("history_sync_days", ("WHATSAPP_HISTORY_SYNC_DAYS",), int_in(1), 3650,
+        help="days of history a full initial sync asks for (HistorySyncConfig.fullSyncDaysLimit)"),
+    Var("history_sync_size_mb", ("WHATSAPP_HISTORY_SYNC_SIZE_MB",), int_in(1), 102400,
+        help="size limit a full initial sync asks for, MB (HistorySyncConfig.fullSyncSizeMbLimit)"),
     Var("history_sync_dry_run", ("WHATSAPP_HISTORY_SYNC_DRY_RUN",), parse_bool, False),
     # auto_backfill_enabled is combined from two switches below (off if either is false).
     Var("backfill_interval_ms",
@@ -255,6 +260,8 @@ class Settings:
     firebase_service_account_json: Optional[str]
     firestore_emulator_host: Optional[str]
     sync_full_history: bool
+    history_sync_days: int
+    history_sync_size_mb: int
     history_sync_dry_run: bool
     auto_backfill_enabled: bool
     backfill_interval_ms: int

@@ -16,7 +16,9 @@ import pykka
 
 from wasync.actors.leases_protocol import Refresh
 from wasync.actors.reply import new_reply
+from wasync.actors.scheduler_protocol import StartBackfill
 from wasync.actors.supervisor_protocol import InjectFault, RequestPairingCode, RestartAccount
+from wasync.runtime.backfill import ThreadHistory
 from wasync.runtime.board import Board, Snapshot
 from wasync.runtime.clock import Clock
 from wasync.runtime.transport.session import NotConnected
@@ -70,6 +72,15 @@ class DaemonControl(Protocol):
         """Restart the account's session so pairing starts over with a fresh code. Raises
         UnknownAccount, or RunsElsewhere when another instance runs the account."""
 
+    def start_backfill(self, account_id: str) -> str:
+        """Start a backfill of the account now; returns its run id once its job lock is
+        held. Raises UnknownAccount, RunsElsewhere, NotConnected, or
+        scheduler_protocol.BackfillRunning (here or on another instance)."""
+
+    def backfill_status(self, account_id: str, threads: int) -> tuple[dict, list[ThreadHistory]]:
+        """The account document and the histories of its `threads` most recent threads.
+        Raises UnknownAccount."""
+
     def inject_fault(self, account_id: str, kind: str) -> None:
         """Test-only fault injection ("raise" | "block") into the account's actor; the HTTP
         route exists only with WASYNC_DEBUG_FAULTS. Raises UnknownAccount, NotConnected."""
@@ -79,9 +90,9 @@ class SystemControl:
     """DaemonControl over a running system (runtime/daemon.py wires it)."""
 
     def __init__(self, store, board: Board, clock: Clock, supervisor: pykka.ActorRef, leases: pykka.ActorRef,
-                 reply_timeout_s: float = REPLY_TIMEOUT_S):
+                 scheduler: Optional[pykka.ActorRef] = None, reply_timeout_s: float = REPLY_TIMEOUT_S):
         self.store, self.board, self.clock = store, board, clock
-        self.supervisor, self.leases = supervisor, leases
+        self.supervisor, self.leases, self.scheduler = supervisor, leases, scheduler
         self.reply_timeout_s = reply_timeout_s
 
     def snapshot(self) -> Snapshot:
@@ -119,12 +130,24 @@ class SystemControl:
 
     def regenerate_qr(self, account_id: str) -> None:
         self._known(account_id)
-        if self.board.account(account_id) is None:
-            leases = self.board.snapshot().leases
-            holder = leases.holders.get(account_id) if leases is not None else None
-            raise RunsElsewhere(account_id, holder[0] if holder else None)
+        self._here(account_id)
         self.supervisor.tell(RestartAccount(account_id))
         log.info("[supervisor] accountId=%s pairing restarted (regenerate-qr)", account_id)
+
+    def start_backfill(self, account_id: str) -> str:
+        self._known(account_id)
+        self._here(account_id)
+        reply = new_reply()
+        self.scheduler.tell(StartBackfill(account_id, reply))
+        started = reply.get(timeout=self.reply_timeout_s)
+        log.info("[auto-backfill] accountId=%s manual backfill started run=%s", account_id, started.run_id)
+        return started.run_id
+
+    def backfill_status(self, account_id: str, threads: int) -> tuple[dict, list[ThreadHistory]]:
+        doc = self.store.get_account(account_id)
+        if doc is None:
+            raise UnknownAccount(account_id)
+        return doc, self.store.list_thread_histories(account_id, threads)
 
     def inject_fault(self, account_id: str, kind: str) -> None:
         reply = new_reply()
@@ -135,6 +158,13 @@ class SystemControl:
             self._known(account_id)
             raise
         log.warning("[supervisor] accountId=%s fault injected: %s", account_id, kind)
+
+    def _here(self, account_id: str) -> None:
+        """Raise RunsElsewhere unless this instance runs the account."""
+        if self.board.account(account_id) is None:
+            leases = self.board.snapshot().leases
+            holder = leases.holders.get(account_id) if leases is not None else None
+            raise RunsElsewhere(account_id, holder[0] if holder else None)
 
     def _known(self, account_id: str) -> None:
         if self.board.account(account_id) is None and self.store.get_account(account_id) is None:

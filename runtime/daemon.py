@@ -27,6 +27,7 @@ from wasync.actors.monitor import StoreMonitorActor
 from wasync.actors.leases import LeaseCoordinatorActor
 from wasync.actors.leases_protocol import Draining, ReleaseAll
 from wasync.actors.reply import new_reply
+from wasync.actors.scheduler import SchedulerActor, SchedulerConfig
 from wasync.actors.startgate import StartGate
 from wasync.actors.supervisor import SupervisorActor
 from wasync.actors.supervisor_protocol import OpenSessions, StopSessions
@@ -92,6 +93,7 @@ class System:
     sweeper: Optional[pykka.ActorRef] = None
     monitor: Optional[pykka.ActorRef] = None
     leases: Optional[pykka.ActorRef] = None
+    scheduler: Optional[pykka.ActorRef] = None
     control: Optional[SystemControl] = None
 
     def start(self) -> "System":
@@ -101,8 +103,11 @@ class System:
         self.writer = StoreWriterActor.start(self.store, self.spool, self.board, self.metrics, self.clock,
                                              self.ticker, on_rejected=lambda rejected: self.supervisor.tell(rejected))
         ingest = Ingest(self.spool, self.metrics, self.clock, s.history_sync_dry_run)
+        self.scheduler = SchedulerActor.start(self.store, self.board, self.metrics, self.ticker, self.clock,
+                                              self.calls, SchedulerConfig.from_settings(s),
+                                              to_supervisor=lambda message: self.supervisor.tell(message))
         deps = AccountDeps(self.sessions, ingest, self.writer, self.board, self.clock, self.calls,
-                           s.degraded_after_ms)
+                           s.degraded_after_ms, store=self.store, ticker=self.ticker, scheduler=self.scheduler)
 
         def make_child(account_id, phone, generation, supervisor, slot, fresh_pairing):
             return AccountActor.start(account_id, phone, generation, deps=deps, supervisor=supervisor, slot=slot,
@@ -111,7 +116,8 @@ class System:
         self.supervisor = SupervisorActor.start(make_child, writer=self.writer, board=self.board,
                                                 metrics=self.metrics, gate=self.gate, ticker=self.ticker,
                                                 clock=self.clock, alerts=self.alerts, policy=self.policy,
-                                                to_leases=lambda message: self.leases.tell(message))
+                                                to_leases=lambda message: self.leases.tell(message),
+                                                to_scheduler=lambda message: self.scheduler.tell(message))
         self.sweeper = SweeperActor.start(ingest, self.writer, self.board, self.ticker)
         self.monitor = StoreMonitorActor.start(self.store, self.spool, self.board, self.writer, self.ticker)
         left = self.spool.depth()
@@ -120,7 +126,8 @@ class System:
         self.leases = LeaseCoordinatorActor.start(self.store, self.supervisor, self.board, self.metrics, self.ticker,
                                                   self.clock, instance_id=s.instance_id, lease_ms=s.lease_ms,
                                                   version=VERSION)
-        self.control = SystemControl(self.store, self.board, self.clock, self.supervisor, self.leases)
+        self.control = SystemControl(self.store, self.board, self.clock, self.supervisor, self.leases,
+                                     self.scheduler)
         self.board.set_ready(True)
         log.info("[supervisor] wasync %s started instanceId=%s store=%s transport=%s",
                  VERSION, s.instance_id, self.store.name, s.transport)
@@ -137,6 +144,7 @@ class System:
         except pykka.Timeout:
             log.error("[supervisor] not every session stopped within %.0f s; draining anyway", drain_s)
         drained = self._drain(drain_s)
+        _stop(self.scheduler, 10)  # stores how its runs ended and frees their job locks while the leases hold
         left = self.spool.depth()
         log.info("[supervisor] shutting down: spool %s (%d events left for the next start)",
                  "empty" if drained else "not empty", left)

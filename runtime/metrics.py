@@ -36,6 +36,9 @@ EVENT_TO_STORE_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25,
                           2, 2.5, 5, 10, 30, 60)
 
 
+RUN_RESULTS = ("ok", "error", "unavailable", "locked", "fenced", "interrupted")
+
+
 class Metrics:
     CONTENT_TYPE = CONTENT_TYPE
 
@@ -109,6 +112,25 @@ class Metrics:
         self.stale_fence_rejections = Counter(
             "wasync_stale_fence_rejections_total", "Writes refused because their lease epoch was stale", registry=r)
 
+        # --- backfill, recent-sync, thread repair ---------------------------------
+        self.backfill_runs = Counter(
+            "wasync_backfill_runs_total", "Backfill runs ended, by result: ok, error, unavailable (no on-demand "
+            "history on this transport), locked (running elsewhere), fenced, interrupted", ("result",), registry=r)
+        self.recent_sync_runs = Counter(
+            "wasync_recent_sync_runs_total", "Recent-sync runs ended, by result (as for backfill runs)",
+            ("result",), registry=r)
+        self.backfill_messages = Counter(
+            "wasync_backfill_messages_total", "Messages that on-demand history requests brought in, by job",
+            ("job",), registry=r)
+        self.backfill_running = Gauge(
+            "wasync_backfill_running", "Backfill and recent-sync runs going on here, by job", ("job",), registry=r)
+        self.threads_incomplete = Gauge(
+            "wasync_threads_incomplete", "Threads the last backfill of the account looked at whose history is "
+            "not known to be complete", ("account",), registry=r)
+        self.threads_repaired = Counter(
+            "wasync_threads_repaired_total", "Thread documents whose last-message fields thread repair rewrote",
+            registry=r)
+
         self.actor_failures = Counter(
             "wasync_actor_failures_total", "Actor crashes reported to the supervisor, by actor kind",
             ("actor",), registry=r)
@@ -125,6 +147,12 @@ class Metrics:
             self.lease_lost.labels(reason)
         for status in AccountStatus:
             self.sessions.labels(status.value).set(0)
+        for result in RUN_RESULTS:
+            self.backfill_runs.labels(result)
+            self.recent_sync_runs.labels(result)
+        for job in ("backfill", "recent_sync"):
+            self.backfill_messages.labels(job)
+            self.backfill_running.labels(job).set(0)
 
         self._lock = threading.Lock()  # update_from_snapshot may run on several threads
         self._repair_labels: set[str] = set()

@@ -215,6 +215,10 @@ class ThreadUpdate:
     display_name: Optional[str] = None
     is_group: Optional[bool] = None
     last_backfill_at_ms: Optional[int] = None
+    # WhatsApp said nothing older than what it sent exists (endOfHistoryTransferType
+    # COMPLETE_AND_NO_MORE_MESSAGE_REMAIN_ON_PRIMARY). Only ever becomes true.
+    history_complete: Optional[bool] = None
+    last_backfill_result: Optional[str] = None  # the last run's word for this thread
 
     @property
     def thread_id(self) -> str:
@@ -248,7 +252,18 @@ class ThreadUpdate:
             display_name=other.display_name or self.display_name,
             is_group=self.is_group if other.is_group is None else other.is_group,
             last_backfill_at_ms=_max_opt(self.last_backfill_at_ms, other.last_backfill_at_ms),
+            history_complete=True if (self.history_complete or other.history_complete) else None,
+            last_backfill_result=_later_result(self, other),
         )
+
+
+def _later_result(a: "ThreadUpdate", b: "ThreadUpdate") -> Optional[str]:
+    """The result of the later run (by last_backfill_at_ms; `b` on a tie)."""
+    if a.last_backfill_result is None:
+        return b.last_backfill_result
+    if b.last_backfill_result is None:
+        return a.last_backfill_result
+    return a.last_backfill_result if (a.last_backfill_at_ms or 0) > (b.last_backfill_at_ms or 0) else b.last_backfill_result
 
 
 def _max_opt(a: Optional[int], b: Optional[int]) -> Optional[int]:
@@ -284,7 +299,8 @@ class HistoryBatch:
 
     @property
     def sync_source(self) -> SyncSource:
-        return SyncSource.HISTORY_SYNC
+        # ON_DEMAND answers our own requests (a backfill walk); the rest is the phone's push
+        return SyncSource.BACKFILL if self.sync_type is HistorySyncType.ON_DEMAND else SyncSource.HISTORY_SYNC
 
 
 # --- session events -------------------------------------------------------------

@@ -85,7 +85,7 @@ class SystemRig:
     def _refs(self) -> list[pykka.ActorRef]:
         s = self.system
         refs = [ref for ref in (s.leases, *pykka.ActorRegistry.get_by_class(LeaseIOActor), s.supervisor, s.sweeper,
-                                s.writer, *pykka.ActorRegistry.get_by_class(AccountActor)) if ref is not None]
+                                s.scheduler, s.writer, *pykka.ActorRegistry.get_by_class(AccountActor)) if ref is not None]
         return [ref for ref in refs if ref.actor_urn not in self._hung]
 
     def advance(self, seconds: float, step: Optional[float] = None) -> None:

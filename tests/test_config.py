@@ -16,6 +16,7 @@ def test_defaults_match_spec():
     assert s.transport == "neonize" and s.store == "sqlite" and s.log_level == "info"
     assert s.max_starts_per_second == 5 and s.lease_ms == 15000 and s.lease_renew_ms == 5000
     assert s.sync_full_history is True and s.history_sync_dry_run is False
+    assert (s.history_sync_days, s.history_sync_size_mb) == (3650, 102400)
     assert s.auto_backfill_enabled is True
     assert s.backfill_interval_ms == 720_000
     assert s.backfill_cooldown_ms == 360 * 60_000
@@ -100,6 +101,12 @@ def test_booleans(raw, value):
     assert load({"WHATSAPP_HISTORY_SYNC_DRY_RUN": raw}).history_sync_dry_run is value
 
 
+def test_initial_sync_depth():
+    s = load({"WHATSAPP_HISTORY_SYNC_DAYS": "365", "WHATSAPP_HISTORY_SYNC_SIZE_MB": " 2048 "})
+    assert (s.history_sync_days, s.history_sync_size_mb) == (365, 2048)
+    assert s.source_of("history_sync_days") == "env WHATSAPP_HISTORY_SYNC_DAYS"
+
+
 def test_sim_transport():
     s = load({"WASYNC_TRANSPORT": "sim://127.0.0.1:8765"})
     assert s.sim_address == ("127.0.0.1", 8765)
@@ -120,6 +127,10 @@ def test_sim_transport():
         ("FIRESTORE_EMULATOR_HOST", "localhost", "host:port"),
         ("WHATSAPP_SYNC_FULL_HISTORY", "maybe", "true/false"),
         ("WHATSAPP_HISTORY_SYNC_DRY_RUN", "2", "true/false"),
+        ("WHATSAPP_HISTORY_SYNC_DAYS", "0", "integer >= 1"),
+        ("WHATSAPP_HISTORY_SYNC_DAYS", "a year", "integer >= 1"),
+        ("WHATSAPP_HISTORY_SYNC_SIZE_MB", "-1", "integer >= 1"),
+        ("WHATSAPP_HISTORY_SYNC_SIZE_MB", "1.5", "integer >= 1"),
         ("WHATSAPP_AUTO_BACKFILL_ENABLED", "on", "true/false"),
         ("AUTO_BACKFILL_ENABLED", "off", "true/false"),
         ("WHATSAPP_BACKFILL_INTERVAL_SECONDS", "ten", "number of seconds"),

@@ -259,7 +259,7 @@ def test_endpoints_are_open_without_admin_token_on_loopback(control):
 ENTRY_KEYS = {
     "accountId", "phone", "status", "connected", "degraded", "warning", "needsRepair", "repairReason",
     "restarts", "lastRealMessageMs", "lastHistorySyncAt", "lastRealtimeMessageAt", "lastBackfillAt",
-    "leaseHolder", "leaseEpoch",
+    "leaseHolder", "leaseEpoch", "lastBackfillStatus", "backfillRunning",
 }
 
 
@@ -300,7 +300,7 @@ def test_dashboard_merges_documents_with_the_snapshot(control):
         "warning": None, "needsRepair": False, "repairReason": None, "restarts": 0,
         "lastRealMessageMs": NOW_MS - 30_000, "lastHistorySyncAt": iso(ms_to_dt(NOW_MS - 86_400_000)),
         "lastRealtimeMessageAt": iso(ms_to_dt(NOW_MS - 30_000)), "lastBackfillAt": iso(ms_to_dt(NOW_MS - 7_200_000)),
-        "leaseHolder": "inst-test", "leaseEpoch": 2,
+        "leaseHolder": "inst-test", "leaseEpoch": 2, "lastBackfillStatus": None, "backfillRunning": None,
     }
     a2 = by_id["a2"]
     assert a2["status"] == "degraded" and a2["connected"] is True and a2["degraded"] is True

@@ -31,13 +31,14 @@ from neonize.events import EVENT_TO_INT
 from neonize.proto import Neonize_pb2 as npb
 
 from wasync.runtime import model as m
+from wasync.runtime.config import load as load_settings
 from wasync.runtime.sim import protobufs as pb
 from wasync.runtime.sim.worldmodel import Chat, WorldMessage
 from wasync.runtime.transport import neonize_support as support
 from wasync.runtime.transport.neonize import NeonizeTransport, device_props
 from wasync.runtime.transport.normalize import EVENT_KINDS, normalize
 from wasync.runtime.transport.session import (
-    CapabilityAbsent, InvalidRecipient, NotConnected, RateLimited, SessionError,
+    CapabilityAbsent, HistoryDirection, InvalidRecipient, MessageRef, NotConnected, RateLimited, SessionError,
 )
 
 PHONE = "15550001111"
@@ -378,9 +379,10 @@ def test_calls_need_a_live_client(session):
 
 
 def test_on_demand_history_is_absent_in_neonize_0_5_2(session):
-    assert session.capabilities.on_demand_history is False and session.capabilities.pair_phone is True
+    caps = session.capabilities
+    assert caps.on_demand_history is False and caps.pair_phone is True and caps.history_after is False
     with pytest.raises(CapabilityAbsent):
-        session.request_history(ALICE, "M1", TS * 1000, False, 20)
+        session.request_history(ALICE, MessageRef("M1", TS * 1000, False), 20)
 
 
 def _force_live(session):
@@ -394,11 +396,14 @@ def _force_live(session):
 def test_a_later_neonize_history_api_is_used_not_faked(session, api):
     calls = []
     setattr(session._run.client, api, lambda *args: calls.append(args))
-    assert session.capabilities.on_demand_history is True
+    assert session.capabilities.on_demand_history is True and session.capabilities.history_after is False
+    anchor = MessageRef("M1", TS * 1000, True)
     with pytest.raises(NotConnected):  # still needs a live client
-        session.request_history(ALICE, "M1", TS * 1000, True, 20)
+        session.request_history(ALICE, anchor, 20)
     _force_live(session)
-    session.request_history(ALICE, "M1", TS * 1000, True, 20)
+    with pytest.raises(CapabilityAbsent):  # WhatsApp's request only has an oldest-message anchor
+        session.request_history(ALICE, anchor, 20, HistoryDirection.AFTER)
+    session.request_history(ALICE, anchor, 20)
     if api == "request_history_sync":
         ((info, count),) = calls
         assert (info.ID, info.Timestamp, info.MessageSource.IsFromMe, count) == ("M1", TS * 1000, True, 20)
@@ -481,8 +486,23 @@ def test_jids():
 def test_full_history_device_props():
     full = device_props(True)
     assert full.requireFullSync and full.historySyncConfig.fullSyncDaysLimit == 3650
+    assert full.historySyncConfig.fullSyncSizeMbLimit == 102400
     assert full.platformType == full.DESKTOP
     assert device_props(False).requireFullSync is False and not device_props(False).HasField("historySyncConfig")
+    sized = device_props(True, days=365, size_mb=2048).historySyncConfig
+    assert (sized.fullSyncDaysLimit, sized.fullSyncSizeMbLimit) == (365, 2048)
+    assert not device_props(False, days=365, size_mb=2048).HasField("historySyncConfig")  # full sync only
+
+
+def test_history_sync_settings_reach_the_pairing_props(tmp_path):
+    settings = load_settings({"SESSIONS_PATH": str(tmp_path), "WHATSAPP_HISTORY_SYNC_DAYS": "730",
+                              "WHATSAPP_HISTORY_SYNC_SIZE_MB": "4096"})
+    transport = NeonizeTransport.from_settings(settings)
+    try:
+        config = transport.props.historySyncConfig
+        assert transport.props.requireFullSync and (config.fullSyncDaysLimit, config.fullSyncSizeMbLimit) == (730, 4096)
+    finally:
+        transport.close()
 
 
 def test_one_sqlite_file_per_account(transport, tmp_path):

@@ -559,6 +559,35 @@ def test_history_batch_messages_threads_and_skipped():
     )
 
 
+EOH = hs.Conversation.EndOfHistoryTransferType
+
+
+@pytest.mark.parametrize("end_type, complete", [
+    (None, None),  # not said: nothing known
+    (EOH.COMPLETE_BUT_MORE_MESSAGES_REMAIN_ON_PRIMARY, None),
+    (EOH.COMPLETE_AND_NO_MORE_MESSAGE_REMAIN_ON_PRIMARY, True),
+    (EOH.COMPLETE_ON_DEMAND_SYNC_BUT_MORE_MSG_REMAIN_ON_PRIMARY, None),
+    (EOH.COMPLETE_ON_DEMAND_SYNC_WITH_MORE_MSG_ON_PRIMARY_BUT_NO_ACCESS, None),
+])
+@pytest.mark.parametrize("sync_type", [hs.HistorySync.RECENT, hs.HistorySync.ON_DEMAND], ids=["RECENT", "ON_DEMAND"])
+def test_history_complete_only_when_nothing_older_remains_on_the_phone(end_type, complete, sync_type):
+    fields = {} if end_type is None else {"endOfHistoryTransfer": True, "endOfHistoryTransferType": end_type}
+    batch = one("HistorySync", history(conversation(ALICE_PN, web_info(text("x")), **fields), sync_type=sync_type))
+    [thread] = batch.threads
+    assert thread.history_complete is complete
+
+
+def test_on_demand_messages_are_backfill_everything_else_history_sync():
+    def sources(sync_type) -> set:
+        batch = one("HistorySync", history(conversation(ALICE_PN, web_info(text("x")), web_info(text("y"), msg_id="H2")),
+                                           sync_type=sync_type))
+        return {x.sync_source for x in batch.messages}
+
+    assert sources(hs.HistorySync.ON_DEMAND) == {m.SyncSource.BACKFILL}
+    for other in (hs.HistorySync.INITIAL_BOOTSTRAP, hs.HistorySync.RECENT, hs.HistorySync.FULL):
+        assert sources(other) == {m.SyncSource.HISTORY_SYNC}
+
+
 def test_history_progress_absent_and_chat_falls_back_to_key_remote_jid():
     batch = one("HistorySync", history(conversation("", web_info(text("x"), remote=ALICE_PN))))
     assert batch.progress is None and batch.chunk_order == 0

@@ -23,6 +23,8 @@ from typing import Any, Callable, Optional
 import aiohttp
 import pytest
 from aiohttp import web
+from neonize.proto import Neonize_pb2 as npb
+from neonize.proto.waHistorySync import WAWebProtobufsHistorySync_pb2 as hs
 
 from wasync.runtime import model as m
 from wasync.runtime.sim import historysync, wire
@@ -254,10 +256,43 @@ def test_history_chunks_split_large_chats_and_keep_newest_first():
     assert [(c.sync_type, c.chunk_order, c.size) for c in chunks] == [
         ("INITIAL_BOOTSTRAP", 1, 2), ("RECENT", 1, 500), ("RECENT", 2, 500), ("RECENT", 3, 1)]
     assert [c.progress for c in chunks] == [0, 50, 99, 100]
-    assert [(chat.jid[7:11], len(msgs)) for chat, msgs in chunks[0].conversations] == [
+    assert [(chat.jid[7:11], len(msgs)) for chat, msgs, _ in chunks[0].conversations] == [
         ("0002", 1), ("0001", 1), ("0003", 0)]  # most recent chat first; empty chats still named
-    ids = [[(msgs[0].id, msgs[-1].id) for _, msgs in c.conversations] for c in chunks[1:]]
+    ids = [[(msgs[0].id, msgs[-1].id) for _, msgs, _ in c.conversations] for c in chunks[1:]]
     assert ids == [[("M2-0", "M2-1"), ("M1-701", "M1-1198")], [("M1-201", "M1-700")], [("M1-200", "M1-200")]]
+
+
+NO_MORE, MORE = historysync.NO_MORE_ON_PRIMARY, historysync.MORE_ON_PRIMARY
+OD_MORE = historysync.ON_DEMAND_MORE_ON_PRIMARY
+
+
+@pytest.mark.parametrize("sizes, per_chat, ends", [
+    # chat sizes (time-0 messages) -> per chat: the chunk that ends its transfer, and how
+    ((0, 1, 3, 4), 3, [("INITIAL_BOOTSTRAP", 1, NO_MORE), ("INITIAL_BOOTSTRAP", 1, NO_MORE),
+                       ("RECENT", 1, NO_MORE), ("RECENT", 1, MORE)]),  # 3 fits exactly, 4 is one too many
+    ((1000,), 1000, [("RECENT", 2, NO_MORE)]),  # exactly fits, split across chunks: the oldest part ends it
+    ((1001,), 1000, [("RECENT", 2, MORE)]),
+    ((1200, 3), 1000, [("RECENT", 2, MORE), ("RECENT", 3, NO_MORE)]),  # the small chat split too
+    ((1, 2), 1, [("INITIAL_BOOTSTRAP", 1, NO_MORE), ("INITIAL_BOOTSTRAP", 1, MORE)]),
+    ((0, 2), 0, [("INITIAL_BOOTSTRAP", 1, NO_MORE), ("INITIAL_BOOTSTRAP", 1, MORE)]),  # nothing sent: still ends
+])
+def test_history_chunks_end_each_chat_on_the_part_with_its_oldest_message(sizes, per_chat, ends):
+    chats = [(Chat(f"1555000{i:04d}@s.whatsapp.net"), [WorldMessage(f"M{i}-{k}", ts=TS + k) for k in range(n)])
+             for i, n in enumerate(sizes)]
+    chunks = historysync.initial_sync(chats, per_chat)
+    for (chat, msgs), (sync_type, order, end) in zip(chats, ends):
+        parts = [(c.sync_type, c.chunk_order, part) for c in chunks for part in c.conversations if part.chat == chat]
+        assert [(t, o, p.end) for t, o, p in parts if p.end] == [(sync_type, order, end)]
+        oldest_sent = msgs[-per_chat:][0].id if msgs and per_chat else None
+        ending = next(p for _, _, p in parts if p.end)
+        assert (ending.messages[0].id if ending.messages else None) == oldest_sent
+
+
+@pytest.mark.parametrize("direction, reaches_first, end", [
+    ("before", True, NO_MORE), ("before", False, OD_MORE), ("after", True, OD_MORE), ("after", False, OD_MORE)])
+def test_on_demand_answers_say_nothing_older_remains_only_when_read_back_to_the_first_message(
+        direction, reaches_first, end):
+    assert historysync.on_demand_end(direction, reaches_first) == end
 
 
 # --- connecting, history sync, on-demand history ---------------------------------------------
@@ -293,6 +328,30 @@ async def test_history_sync_after_first_connect_holds_the_newest_per_chat():
         assert stats["connectionsOpened"] == 2 and stats["unacked"] == 0 and stats["pairings"] == 0
 
 
+def history_syncs(frames: list[dict]) -> list:
+    """The raw HistorySync protos among `frames` (what the normalizer reads the flags from)."""
+    return [npb.HistorySync.FromString(wire.event_bytes(f)).Data for f in frames
+            if f["op"] == "event" and f["kind"] == "HistorySync"]
+
+
+@pytest.mark.parametrize("per_chat, alice_complete", [(3, True), (2, None)])  # Alice has 3 messages
+@run_async
+async def test_initial_sync_says_which_chats_it_holds_whole(per_chat, alice_complete):
+    data = world(per_chat=per_chat, generate={"chats": 1, "messagesPerChat": 10})
+    async with Service(data) as sim:
+        _, frames = await sim.online()
+        big = sim.world.account(PHONE).chats[-1].jid
+        complete = {}
+        for batch in values(frames, m.HistoryBatch):
+            for thread in batch.threads:
+                complete[thread.client_jid] = complete.get(thread.client_jid) or thread.history_complete
+        assert complete == {ALICE: alice_complete, GROUP: True, CAROL: True, big: None}
+        ends = [(c.ID, hs.Conversation.EndOfHistoryTransferType.Name(c.endOfHistoryTransferType))
+                for sync in history_syncs(frames) for c in sync.conversations if c.endOfHistoryTransfer]
+        assert sorted(ends) == sorted([(ALICE, NO_MORE if alice_complete else MORE), (GROUP, NO_MORE),
+                                       (CAROL, NO_MORE), (big, MORE)])  # once per chat
+
+
 @run_async
 async def test_on_demand_history_walks_back_to_the_oldest_message():
     data = world(per_chat=20, generate={"chats": 1, "messagesPerChat": 230})
@@ -310,6 +369,9 @@ async def test_on_demand_history_walks_back_to_the_oldest_message():
             batch = (await client.until_value(m.HistoryBatch))[-1]["value"]
             assert batch.sync_type == m.HistorySyncType.ON_DEMAND and reply["ok"]
             assert reply["result"]["messages"] == len(batch.messages) <= 50
+            assert {msg.sync_source for msg in batch.messages} <= {m.SyncSource.BACKFILL}
+            reached_first = chat.messages[0].id in {msg.id for msg in batch.messages} | {oldest.id}
+            assert [t.history_complete for t in batch.threads] == [True if reached_first else None]
             if not batch.messages:
                 break
             assert all(msg.ts_client_ms <= oldest.ts_client_ms and msg.id not in seen for msg in batch.messages)
@@ -317,11 +379,42 @@ async def test_on_demand_history_walks_back_to_the_oldest_message():
             oldest = min(batch.messages, key=lambda x: x.ts_client_ms)
         assert seen == {msg.id for msg in chat.messages} and requests == 6  # 210 older: 50 × 4 + 10, then none
         # Unknown anchor or chat: ok, and an empty batch.
-        for chat_jid, anchor in ((chat.jid, "NOPE"), (DAVE, "NOPE")):
+        for chat_jid, anchor, threads in ((chat.jid, "NOPE", [None]), (DAVE, "NOPE", [])):
             reply, _ = await client.request("history", chat=chat_jid, anchor=anchor, count=10)
             batch = (await client.until_value(m.HistoryBatch))[-1]["value"]
             assert reply["ok"] and batch.messages == () and batch.sync_type == m.HistorySyncType.ON_DEMAND
+            assert [t.history_complete for t in batch.threads] == threads
         assert (await sim.stats())["historyRequests"] == 8
+
+
+@run_async
+async def test_on_demand_history_reads_forward_after_an_anchor():
+    async with Service(world(per_chat=1)) as sim:
+        client, _ = await sim.online()
+        sent, _ = await client.request("send", to=ALICE, text="later")
+        sent_id = sent["result"]["id"]
+
+        async def ask(anchor: str, count: int, **direction: str) -> m.HistoryBatch:
+            reply, _ = await client.request("history", chat=ALICE, anchor=anchor, count=count, **direction)
+            batch = (await client.until_value(m.HistoryBatch))[-1]["value"]
+            assert reply["ok"] and reply["result"]["messages"] == len(batch.messages)
+            assert batch.sync_type == m.HistorySyncType.ON_DEMAND
+            return batch
+
+        cases = [  # anchor, count, direction -> ids, history_complete
+            ("A1", 1, {"direction": "after"}, ["A2"], None),
+            ("A1", 10, {"direction": "after"}, ["A2", "A3", sent_id], None),  # what was sent since, too
+            (sent_id, 10, {"direction": "after"}, [], None),
+            ("A1", 10, {"direction": "after"}, ["A2", "A3", sent_id], None),  # from the first: not "complete"
+            ("A3", 1, {"direction": "before"}, ["A2"], None),
+            ("A2", 5, {}, ["A1"], True),  # before by default; reaches the first message
+            ("A1", 5, {"direction": "before"}, [], True),  # nothing older than the first
+        ]
+        for anchor, count, direction, ids, complete in cases:
+            batch = await ask(anchor, count, **direction)
+            assert sorted(msg.id for msg in batch.messages) == sorted(ids), (anchor, direction)
+            assert [t.history_complete for t in batch.threads] == [complete], (anchor, direction)
+        assert (await sim.stats())["historyRequests"] == len(cases)
 
 
 # --- pairing ----------------------------------------------------------------------------
@@ -660,9 +753,14 @@ async def test_malformed_frames_get_bad_request_and_the_service_carries_on():
         assert [r["req"] for r in replies] == [None, None, None, 1, None, 9]
         await client.send({"op": "hello", "phone": PHONE, "token": None})
         await client.until_value(m.OfflineSyncCompleted)
-        for fields in ({"chat": ALICE, "anchor": "A3", "count": "x"}, {"chat": ALICE, "count": 5}):
+        for fields in ({"chat": ALICE, "anchor": "A3", "count": "x"}, {"chat": ALICE, "count": 5},
+                       {"chat": ALICE, "anchor": "A3", "count": 5, "direction": "sideways"},
+                       {"chat": ALICE, "anchor": "A3", "count": 5, "direction": "BEFORE"},
+                       {"chat": ALICE, "anchor": "A3", "count": 5, "direction": ["after"]}):
             reply, _ = await client.request("history", **fields)
             assert reply["error"]["reason"] == wire.BAD_REQUEST
+        assert "direction" in reply["error"]["message"]
+        assert (await sim.stats())["historyRequests"] == 0
         await client.send({"op": "ack", "seq": -1})
         assert (await client.next())["error"]["reason"] == wire.BAD_REQUEST
         assert await sim.get("/sim/health") == {"ok": True}

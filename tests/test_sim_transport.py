@@ -10,7 +10,7 @@ from simproc import SimProcess, wait_for
 from wasync.runtime import model as m
 from wasync.runtime.backoff import Backoff
 from wasync.runtime.transport.normalize import normalize
-from wasync.runtime.transport.session import InvalidRecipient, NotConnected
+from wasync.runtime.transport.session import HistoryDirection, InvalidRecipient, MessageRef, NotConnected
 from wasync.runtime.transport.simulated import SimulatedTransport
 
 PHONE, NEW = "15550001111", "15550002222"
@@ -76,10 +76,19 @@ def test_paired_account_connects_gets_history_and_acks(sim, transport):
     assert {b.sync_type for b in batches} <= {m.HistorySyncType.INITIAL_BOOTSTRAP, m.HistorySyncType.RECENT}
     wait_for(lambda: sim.stats()["accounts"][PHONE]["unacked"] == 0, what="every event acknowledged")
     # on-demand history walks back from the oldest message we hold
-    session.request_history(ALICE, "H030", (TS + 30) * 1000, False, 50)
+    assert session.capabilities.history_after is True
+    session.request_history(ALICE, MessageRef("H030", (TS + 30) * 1000, False), 50)
     on_demand = wait_for(lambda: [b for b in sink.of(m.HistoryBatch)
                                   if b.sync_type is m.HistorySyncType.ON_DEMAND], what="ON_DEMAND batch")
     assert sorted(msg.id for msg in on_demand[0].messages) == [f"H{n:03d}" for n in range(30)]
+    assert [t.history_complete for t in on_demand[0].threads] == [True]  # H000 came: nothing older
+    assert {msg.sync_source for msg in on_demand[0].messages} == {m.SyncSource.BACKFILL}
+    # ... and forward from an anchor, for a trailing gap
+    session.request_history(ALICE, MessageRef("H070", (TS + 70) * 1000, False), 5, HistoryDirection.AFTER)
+    after = wait_for(lambda: [b for b in sink.of(m.HistoryBatch)
+                              if b.sync_type is m.HistorySyncType.ON_DEMAND][1:], what="second ON_DEMAND batch")
+    assert sorted(msg.id for msg in after[0].messages) == [f"H{n:03d}" for n in range(71, 76)]
+    assert [t.history_complete for t in after[0].threads] == [None]
     session.stop()
 
 

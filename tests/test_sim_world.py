@@ -16,11 +16,14 @@ from pathlib import Path
 
 import pytest
 from neonize.proto import Neonize_pb2 as npb
+from neonize.proto.waHistorySync import WAWebProtobufsHistorySync_pb2 as hs
 
 from wasync.runtime import model as m
 from wasync.runtime.model import Direction, MessageStatus, MessageType, ProtocolKind
+from wasync.runtime.sim import historysync
 from wasync.runtime.sim import protobufs as pb
 from wasync.runtime.sim import world as w
+from wasync.runtime.sim.state import HISTORY, LIVE, ChatState
 from wasync.runtime.sim.world import Chat, WorldError, WorldMessage
 from wasync.runtime.transport.normalize import normalize
 
@@ -491,6 +494,57 @@ def test_history_batch_contents_statuses_and_units():
     assert roundtrip(pb.history_sync_event(PHONE, "ON_DEMAND", [])).progress is None
     assert roundtrip(pb.history_sync_event(PHONE, "ON_DEMAND", [])).sync_type is m.HistorySyncType.ON_DEMAND
     assert roundtrip(pb.history_sync_event(PHONE, "RECENT", [(alice, [])])).sync_type is m.HistorySyncType.RECENT
+
+
+def test_end_of_history_type_names_match_neonize():
+    names = set(hs.Conversation.EndOfHistoryTransferType.keys())
+    assert {historysync.MORE_ON_PRIMARY, historysync.NO_MORE_ON_PRIMARY, historysync.ON_DEMAND_MORE_ON_PRIMARY} <= names
+
+
+@pytest.mark.parametrize("end, complete", [(historysync.NO_MORE_ON_PRIMARY, True),
+                                           (historysync.MORE_ON_PRIMARY, None),
+                                           (historysync.ON_DEMAND_MORE_ON_PRIMARY, None)])
+def test_a_conversation_that_ends_its_transfer_says_how(end, complete):
+    alice, team = Chat(ALICE, "Alice"), Chat(GROUP, "Team", group=True)
+    event = pb.history_sync_event(PHONE, "ON_DEMAND", [historysync.Conversation(alice, [wm(text="x")], end),
+                                                       (team, [wm(id="G1", text="y", sender=BOB)])])
+    ends, goes_on = event.Data.conversations
+    assert ends.endOfHistoryTransfer is True
+    assert ends.endOfHistoryTransferType == hs.Conversation.EndOfHistoryTransferType.Value(end)
+    assert not goes_on.HasField("endOfHistoryTransfer") and not goes_on.HasField("endOfHistoryTransferType")
+    batch = roundtrip(event)
+    assert [t.history_complete for t in batch.threads] == [complete, None]
+    assert {x.sync_source for x in batch.messages} == {m.SyncSource.BACKFILL}  # answers to our own requests
+
+
+def _chat_state() -> ChatState:
+    """M0..M5 of time-0 history, then a live message L1 (oldest first)."""
+    chat = ChatState(ALICE, initial=tuple(wm(id=f"M{i}", ts=TS + i, text=str(i)) for i in range(6)))
+    chat.add(wm(id="L1", ts=TS + 100, text="live"), LIVE, (TS + 100) * 1000)
+    return chat
+
+
+@pytest.mark.parametrize("read, anchor, count, ids", [
+    ("older_than", "M3", 2, ["M1", "M2"]),
+    ("older_than", "M3", 50, ["M0", "M1", "M2"]),
+    ("older_than", "M0", 10, []),
+    ("older_than", "L1", 1, ["M5"]),
+    ("older_than", "NOPE", 10, None),
+    ("newer_than", "M3", 2, ["M4", "M5"]),
+    ("newer_than", "M3", 50, ["M4", "M5", "L1"]),  # every message the phone holds, live ones too
+    ("newer_than", "L1", 10, []),
+    ("newer_than", "NOPE", 10, None),
+])
+def test_chat_state_reads_history_either_way_from_an_anchor(read, anchor, count, ids):
+    found = getattr(_chat_state(), read)(anchor, count)
+    assert (None if found is None else [x.id for x in found]) == ids
+
+
+def test_chat_state_knows_its_first_message():
+    chat = _chat_state()
+    assert chat.is_first("M0") and not chat.is_first("M1") and not chat.is_first("NOPE")
+    assert chat.records[0].via == HISTORY
+    assert not ChatState(ALICE).is_first("M0")
 
 
 def test_every_world_message_gives_the_same_record_live_and_in_history():

@@ -321,11 +321,14 @@ def test_job_lock_is_exclusive_and_mirrored(store, job, mirror):
     assert lock.owner == "i1" and lock.expires_at_ms == NOW + 60_000
     assert store.get_account("acct1")[mirror] == "i1"
     assert store.acquire_job_lock(job, "acct1", "i2", NOW + 1000, 60_000) is None
+    held = store.get_job_lock(job, "acct1")
+    assert (held.owner, held.expires_at_ms, held.started_at_ms) == ("i1", NOW + 60_000, NOW)
     assert store.release_job_lock(job, "acct1", "i2") is False
     taken = store.acquire_job_lock(job, "acct1", "i2", NOW + 60_000, 60_000)  # expired
     assert taken.owner == "i2"
     assert store.release_job_lock(job, "acct1", "i2") is True
     assert store.get_account("acct1")[mirror] is None
+    assert store.get_job_lock(job, "acct1") is None
     assert store.acquire_job_lock(job, "acct1", "i1", NOW + 60_001, 60_000).owner == "i1"
 
 

@@ -16,7 +16,10 @@ Choices (reviewers take note):
   discarded (seq goes on), a live socket of that phone is replaced (`StreamReplaced`).
 - `history` with an unknown chat or anchor is answered ok, with an empty ON_DEMAND
   batch (no conversation for an unknown chat, the chat without messages for an unknown
-  anchor): the client never waits for an answer that cannot come.
+  anchor): the client never waits for an answer that cannot come. "before" and "after"
+  read the same messages (all the phone holds of the chat, whether the client got them
+  or not); only a "before" answer reaching the chat's first message says that nothing
+  older remains (historysync.on_demand_end).
 - `pair_phone` answers {"code": "ABCD-EFGH"} (8 characters of whatsmeow's alphabet,
   dash in the middle); scanning accepts that code, with or without the dash, in place
   of a QR code.
@@ -52,6 +55,8 @@ QR_CODES = 3  # codes per QR event; every code of the latest event can be scanne
 RECEIPT_AFTER_S = (("delivered", 0.5), ("read", 2.0))
 PAIR_CODE_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTVWXYZ"  # whatsmeow's: no 0/O or I/1 to confuse
 CLOSING_REASONS = {"disconnect": "disconnect", "ban": "banned"}
+# How a history request reads from its anchor, by its `direction`.
+_DIRECTIONS = {wire.HISTORY_BEFORE: ChatState.older_than, wire.HISTORY_AFTER: ChatState.newer_than}
 # The JID shapes world.py accepts for chats.
 _JID = re.compile(r"\d{5,20}@s\.whatsapp\.net|\d{5,25}(-\d{5,15})?@g\.us")
 _PHONE = re.compile(r"\d{5,20}")
@@ -249,7 +254,8 @@ class Simulation:
         log.info("[sim] account=%s degradation healed by %s", acct.phone, "pairing" if new_pairing else "restart")
 
     def _initial_sync(self, acct: AccountState) -> None:
-        chats = [(c.world_chat, c.history_now(acct.per_chat)) for c in acct.chats.values()]
+        # One more than fits: initial_sync tells from it whether a chat's history is all in.
+        chats = [(c.world_chat, c.history_now(acct.per_chat + 1)) for c in acct.chats.values()]
         for chunk in historysync.initial_sync(chats, acct.per_chat):
             note_id = new_message_id(acct.rng)
             acct.emit(pb.history_sync_notification_event(
@@ -384,14 +390,21 @@ class Simulation:
         req = _field(frame, "req", _is_count, "an integer >= 0")
         acct = self._live(conn)
         chat_jid = _field(frame, "chat", _is_text, "a chat JID")
-        anchor = _field(frame, "anchor", _is_text, "the id of the oldest known message")
+        anchor = _field(frame, "anchor", _is_text, "the id of the anchor message")
         count = min(_field(frame, "count", lambda v: _is_count(v) and v > 0, "an integer >= 1"),
                     historysync.ON_DEMAND_MAX)
+        direction = _field(frame, "direction", lambda v: v in (None, *_DIRECTIONS),
+                           " or ".join(map(repr, _DIRECTIONS))) or wire.HISTORY_BEFORE
         chat = acct.chats.get(chat_jid)
-        messages = (chat.older_than(anchor, count) if chat else None) or []
+        found = _DIRECTIONS[direction](chat, anchor, count) if chat else None
+        messages = found or []
         acct.stats.history_requests += 1
         conn.reply(req, {"messages": len(messages)})
-        conversations = [(chat.world_chat, messages)] if chat else []
+        conversations = []
+        if chat:
+            oldest = messages[0].id if messages else anchor
+            end = historysync.on_demand_end(direction, found is not None and chat.is_first(oldest))
+            conversations.append(historysync.Conversation(chat.world_chat, messages, end))
         acct.emit(pb.history_sync_event(acct.phone, "ON_DEMAND", conversations))
 
     def _pair_phone(self, conn: Conn, frame: dict) -> None:

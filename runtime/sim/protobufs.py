@@ -14,11 +14,13 @@ Choices (reviewers take note):
 - Media fields (URL, keys, hashes, sizes) are fakes derived from the message id: stable
   across runs, and nothing downloads them.
 - History conversations list their messages newest first, as WhatsApp sends them.
+- The conversation part that ends a chat's transfer carries endOfHistoryTransfer=True
+  and its endOfHistoryTransferType; other parts carry neither (historysync.py decides).
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence, Union
 
 from neonize.proto import Neonize_pb2 as npb
 from neonize.proto.waCommon import WACommon_pb2 as wac
@@ -236,17 +238,26 @@ def web_message_info(account_phone: str, chat_jid: str, msg: WorldMessage) -> we
     return info
 
 
-def history_sync_event(account_phone: str, sync_type: str, conversations: Iterable[tuple[Chat, Sequence[WorldMessage]]],
+# (chat, messages) or (chat, messages, end), as historysync.Conversation.
+HistoryConversation = Union[tuple[Chat, Sequence[WorldMessage]], tuple[Chat, Sequence[WorldMessage], Optional[str]]]
+
+
+def history_sync_event(account_phone: str, sync_type: str, conversations: Iterable[HistoryConversation],
                        *, chunk_order: int = 0, progress: Optional[int] = None) -> npb.HistorySync:
     """One history chunk. `sync_type` is a HistorySyncType name ("INITIAL_BOOTSTRAP",
-    "RECENT", "ON_DEMAND", ...); each conversation is (chat, the messages it carries)."""
+    "RECENT", "ON_DEMAND", ...); each conversation is (chat, the messages it carries) or
+    (chat, messages, end): an EndOfHistoryTransferType name (or None) for the part that
+    ends the chat's transfer (historysync.Conversation)."""
     data = hs.HistorySync(syncType=hs.HistorySync.HistorySyncType.Value(sync_type), chunkOrder=chunk_order)
     if progress is not None:
         data.progress = progress
-    for chat, messages in conversations:
+    for chat, messages, *end in conversations:
         conv = data.conversations.add(ID=chat.jid)
         if chat.name:
             conv.name = chat.name
+        if end and end[0]:
+            conv.endOfHistoryTransfer = True
+            conv.endOfHistoryTransferType = hs.Conversation.EndOfHistoryTransferType.Value(end[0])
         newest_first = sorted(messages, key=lambda x: x.ts or 0, reverse=True)
         for order, msg in enumerate(newest_first):
             conv.messages.add(message=web_message_info(account_phone, chat.jid, msg), msgOrderID=order)

@@ -186,6 +186,20 @@ class ChatState:
         at = bisect.bisect_left(self.records, anchor.key(), key=Record.key)
         return [_current(r) for r in self.records[max(0, at - count):at]]
 
+    def newer_than(self, anchor_id: str, count: int) -> Optional[list[WorldMessage]]:
+        """Up to `count` messages just after the anchor (oldest first), with their current
+        status; None if the anchor is not in this chat. The same messages `older_than`
+        can give: every one the phone holds, whether it reached the client or not."""
+        anchor = self.by_id.get(anchor_id)
+        if anchor is None:
+            return None
+        at = bisect.bisect_right(self.records, anchor.key(), key=Record.key)
+        return [_current(r) for r in self.records[at:at + count]]
+
+    def is_first(self, msg_id: str) -> bool:
+        """Whether `msg_id` is the chat's oldest message: nothing older for a client to get."""
+        return bool(self.records) and self.records[0].msg.id == msg_id
+
 
 def _current(record: Record) -> WorldMessage:
     msg = record.msg

@@ -10,7 +10,9 @@ Client → service
   {"op": "ack", "seq": int}            cumulative: every event up to `seq` is spooled
   {"op": "send", "req": int, "to": jid, "text": str}
   {"op": "mark_read", "req": int, "chat": jid, "ids": [str]}
-  {"op": "history", "req": int, "chat": jid, "anchor": str, "count": int}
+  {"op": "history", "req": int, "chat": jid, "anchor": str, "count": int, "direction": "before"|"after"}
+        up to `count` (at most 50) messages right before (default) or right after the
+        anchor message; anything else in "direction" is a bad_request.
   {"op": "pair_phone", "req": int, "phone": str}
   {"op": "logout", "req": int}
 
@@ -26,7 +28,8 @@ Service → client
         duplicate. Account events start at 1 and only grow, also across pairings.
         On connect the service sends: the unacknowledged events, `Connected`, after a
         pairing's first connect the history sync (per chunk a historySyncNotification
-        Message, then the HistorySync), then the messages that waited for a client and
+        Message, then the HistorySync; each chat's end of transfer on the chunk with its
+        oldest message, see historysync.py), then the messages that waited for a client and
         `OfflineSyncCompleted` with their count (not while the session is degraded).
         A new pairing is a new session: what the old one left unacknowledged is void.
         The service never sends `Disconnected` (it cannot announce a dropped socket):
@@ -35,7 +38,11 @@ Service → client
         after a QR scan: keep `token` to resume this session later.
   {"op": "reply", "req": int, "ok": bool, "result": {...}|null, "error": {"reason": str, "message": str}|null}
         results: send {"id": str, "ts": int seconds}; history {"messages": int}, the
-        ON_DEMAND HistorySync event follows (empty for an unknown chat or anchor);
+        ON_DEMAND HistorySync event follows (empty for an unknown chat or anchor). Its
+        conversation ends its transfer (endOfHistoryTransfer): type
+        COMPLETE_AND_NO_MORE_MESSAGE_REMAIN_ON_PRIMARY when a "before" answer reached the
+        chat's first message (or is empty, anchored on it), else
+        COMPLETE_ON_DEMAND_SYNC_BUT_MORE_MSG_REMAIN_ON_PRIMARY;
         pair_phone {"code": "ABCD-EFGH"}; mark_read and logout {}. A frame the service
         cannot read gets a bad_request reply with "req" null.
   {"op": "closing", "reason": "stream_replaced"|"logged_out"|"banned"|"disconnect"|"shutdown",
@@ -58,6 +65,9 @@ NOT_CONNECTED = "not_connected"
 INVALID_RECIPIENT = "invalid_recipient"
 RATE_LIMITED = "rate_limited"
 BAD_REQUEST = "bad_request"
+
+# `direction` of a history request.
+HISTORY_BEFORE, HISTORY_AFTER = "before", "after"
 
 
 def encode(frame: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol, Sequence
 
 from wasync.runtime.account import AccountPatch, AccountRecord
+from wasync.runtime.backfill import RepairResult, ThreadHistory
 from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, ThreadUpdate
 
 
@@ -134,6 +135,22 @@ class Store(Protocol):
                       cursor: Optional[str] = None) -> Page: ...
     def get_thread(self, thread_id: str) -> Optional[dict]: ...
 
+    # --- backfill: a thread's history is what is stored of it (runtime/backfill.py) ---
+    def thread_history(self, account_id: str, chat_jid: str) -> Optional[ThreadHistory]:
+        """The thread's oldest and newest stored messages (ordered by time, then id), how
+        many are stored, and its backfill fields; None if neither the thread document
+        nor any message exists."""
+    def list_thread_histories(self, account_id: str, limit: int,
+                              active_since_ms: Optional[int] = None) -> list[ThreadHistory]:
+        """`thread_history` of the account's threads, latest lastMessageAtMs first (threads
+        without one last, and left out when `active_since_ms` asks for lastMessageAtMs at
+        or after it); at most `limit`."""
+    def repair_threads(self, account_id: str, limit: int, now_ms: int) -> RepairResult:
+        """Make up to `limit` of the account's thread documents (in list_thread_histories'
+        order) describe their newest stored message again: lastMessageAt/Ms/Preview (and
+        lastMessageId) rewritten where they differ. Threads without messages, other
+        fields and absent documents are left alone."""
+
     # --- accounts --------------------------------------------------------------------
     def get_account(self, account_id: str) -> Optional[dict]: ...
     def list_accounts(self) -> list[dict]:
@@ -168,6 +185,8 @@ class Store(Protocol):
     # --- job locks (backfill, recent-sync) ---------------------------------------------
     def acquire_job_lock(self, job: str, account_id: str, owner: str, now_ms: int, ttl_ms: int,
                          fence: Optional[Fence] = None) -> Optional[JobLock]: ...
+    def get_job_lock(self, job: str, account_id: str) -> Optional[JobLock]:
+        """The lock as stored (it may have lapsed: compare expires_at_ms), or None."""
     def release_job_lock(self, job: str, account_id: str, owner: str) -> bool: ...
 
     # --- outbox ------------------------------------------------------------------------

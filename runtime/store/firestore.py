@@ -5,7 +5,8 @@ Conversation writes go through the pure rules of schema.py, so this store and
 SqliteStore cannot disagree on what "idempotent" or "never backwards" means: read,
 merge, write; or, for messages an account has not stored yet (the bulk of any ingest),
 create-if-absent without the read (see `_try_create`). Leases, job locks and the outbox
-live in firestore_tx.py, the client and its fast encoding in firestore_wire.py.
+live in firestore_tx.py, thread histories and repair in firestore_history.py, the client
+and its fast encoding in firestore_wire.py.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 from wasync.runtime.account import AccountPatch, AccountRecord
 from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, ThreadUpdate, thread_id
 from wasync.runtime.store.base import Fence, Page, WriteResult
+from wasync.runtime.store.firestore_history import HISTORY_READERS, FirestoreHistory
 from wasync.runtime.store.firestore_wire import emulator_client, fast_set, service_account_credentials
 from wasync.runtime.store.firestore_tx import OwnershipOps, call_options, check_fence, run_tx, store_errors, tx_read
 from wasync.runtime.store import schema
@@ -50,7 +52,7 @@ class _Thread:
     held_at: int = 0
 
 
-class FirestoreStore(OwnershipOps):
+class FirestoreStore(OwnershipOps, FirestoreHistory):
     name = "firestore"
 
     @store_errors
@@ -77,6 +79,7 @@ class FirestoreStore(OwnershipOps):
         self._fresh: dict[str, bool] = {}  # account -> its last ingest found no stored copy
         self._clock_ms = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="firestore-read")
+        self._history_pool = ThreadPoolExecutor(max_workers=HISTORY_READERS, thread_name_prefix="firestore-history")
         self._closed = False
 
     @classmethod
@@ -452,6 +455,7 @@ class FirestoreStore(OwnershipOps):
             self.flush()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._history_pool.shutdown(wait=True, cancel_futures=True)
             self._db.close()
 
 

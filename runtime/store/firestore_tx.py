@@ -301,6 +301,16 @@ class OwnershipOps:
         return run_tx(self._db, body)
 
     @store_errors
+    def get_job_lock(self, job: str, account_id: str) -> Optional[JobLock]:
+        lock_ref, _, _ = self._job_refs(job, account_id)
+        snap = lock_ref.get(**self._read)
+        if not snap.exists:
+            return None
+        d = snap.to_dict()
+        return JobLock(job=job, account_id=account_id, owner=d.get("ownerId"), expires_at_ms=int(d.get("expiresAtMs") or 0),
+                       started_at_ms=dt_to_ms(d.get("startedAt")) or 0)
+
+    @store_errors
     def release_job_lock(self, job: str, account_id: str, owner: str) -> bool:
         lock_ref, account_ref, _ = self._job_refs(job, account_id)
         until, holder, _acquired = JOB_LOCK_MIRROR[job]

@@ -12,7 +12,8 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from wasync.runtime.account import AccountPatch, AccountRecord, Repair
+from wasync.runtime.account import AccountPatch, AccountRecord, JobTimes, Repair
+from wasync.runtime.backfill import JobRun
 from wasync.runtime.model import (
     AccountStatus,
     Message,
@@ -183,8 +184,14 @@ def thread_fields(update: ThreadUpdate) -> dict[str, Any]:
         "lastMessagePreview": update.last_message_preview,
         "lastMessageId": update.last_message_id,
         "lastBackfillAt": ms_to_dt(update.last_backfill_at_ms),
+        "historyComplete": True if update.history_complete else None,
+        "lastBackfillResult": update.last_backfill_result,
     }
     return {k: v for k, v in doc.items() if v is not None}
+
+
+# The fields that describe a thread's newest stored message (SPEC §2 invariant).
+LAST_MESSAGE = ("lastMessageAt", "lastMessageAtMs", "lastMessagePreview", "lastMessageId")
 
 
 def merge_thread(stored: Optional[dict], update: ThreadUpdate, now: datetime) -> Optional[dict[str, Any]]:
@@ -195,20 +202,32 @@ def merge_thread(stored: Optional[dict], update: ThreadUpdate, now: datetime) ->
     theirs = incoming.get("lastMessageAtMs"), incoming.get("lastMessageId") or ""
     take_last = theirs[0] is not None and (mine[0] is None or theirs > mine)
     for key, value in incoming.items():
-        if key in ("lastMessageAt", "lastMessageAtMs", "lastMessagePreview", "lastMessageId"):
+        if key in LAST_MESSAGE:
             if take_last:
                 merged[key] = value
         elif key == "lastBackfillAt":
             if "lastBackfillAt" not in merged or value > merged["lastBackfillAt"]:
                 merged[key] = value
+        elif key == "lastBackfillResult":
+            if _later_run(stored or {}, incoming):
+                merged[key] = value
         elif key == "displayName" and not value:
             continue
         else:
-            merged[key] = value
+            merged[key] = value  # historyComplete is only ever sent as True: it never reverts
     if stored is not None and all(stored.get(k) == v for k, v in merged.items() if k != "updatedAt"):
         return None
     merged["updatedAt"] = now
     return merged
+
+
+def _later_run(stored: dict, incoming: dict) -> bool:
+    """Whether `incoming`'s lastBackfillResult is the later run's: ThreadUpdate.merge's
+    rule (a missing time counts as oldest; the incoming one wins a tie)."""
+    if stored.get("lastBackfillResult") is None:
+        return True
+    mine, theirs = stored.get("lastBackfillAt"), incoming.get("lastBackfillAt")
+    return mine is None or (theirs is not None and theirs >= mine)
 
 
 # --- accounts --------------------------------------------------------------------
@@ -269,6 +288,58 @@ def account_fields(patch: AccountPatch, stored: Optional[dict]) -> dict[str, Any
                     marks[spool_id] = seq
             out["historySyncCount"] = (stored.get("historySyncCount") or 0) + fresh
             out[COUNT_MARKS] = marks
+    if patch.backfill is not None:
+        out.update(_backfill_fields(patch.backfill))
+    if patch.recent_sync is not None:
+        out.update(_recent_sync_fields(patch.recent_sync))
+    if patch.auto_repair_ms is not None:
+        out["lastAutoRepairAt"] = ms_to_dt(patch.auto_repair_ms)
+    return out
+
+
+def _backfill_fields(run: JobRun) -> dict[str, Any]:
+    """A backfill run started or finished. A finished run writes its start's times again:
+    the writer coalesces patches (later values win), so a start may never be written."""
+    started = ms_to_dt(run.started_ms)
+    out: dict[str, Any] = {"lastBackfillAt": started, "lastAutoBackfillAt": started,
+                           "lastAutoBackfillAttemptAt": started}
+    o = run.outcome
+    if o is None:
+        out["lastBackfillStatus"] = "running"
+        out["lastAutoBackfillStatus"] = {"running": True, "startedAt": started, "trigger": run.trigger.value,
+                                         "holder": run.holder}
+        return out
+    figures = {"threads": o.threads, "messages": o.messages, "errors": o.errors}
+    on_demand = "available" if o.on_demand else "unavailable"
+    out["lastBackfillStats"] = {**figures, "durationMs": o.duration_ms}
+    if o.ok:
+        out["lastBackfillStatus"] = "success"
+        out["lastBackfillError"] = None
+        out["lastBackfillResult"] = {**figures, "threadResults": [
+            {"chatJid": chat, "messages": messages, "result": result} for chat, messages, result in o.thread_results]}
+        out["lastAutoBackfillStatus"] = {"ok": True, "running": False, **figures, "durationMs": o.duration_ms,
+                                         "onDemand": on_demand}
+        finished_ms = run.finished_ms if run.finished_ms is not None else run.started_ms + o.duration_ms
+        out["lastAutoBackfillSuccessAt"] = ms_to_dt(finished_ms)
+    else:
+        out["lastBackfillStatus"] = "error"
+        out["lastBackfillError"] = o.error_message
+        out["lastAutoBackfillStatus"] = {"ok": False, "running": False, "errorCode": o.error_code,
+                                         "errorMessage": o.error_message, "durationMs": o.duration_ms,
+                                         "onDemand": on_demand}
+    return out
+
+
+def _recent_sync_fields(run: JobRun) -> dict[str, Any]:
+    """A recent-sync run started or finished (its start's time written again, as above)."""
+    out: dict[str, Any] = {"lastRecentSyncAt": ms_to_dt(run.started_ms)}
+    o = run.outcome
+    if o is not None:
+        result = {"ok": o.ok, "threads": o.threads, "messages": o.messages, "errors": o.errors,
+                  "durationMs": o.duration_ms}
+        if not o.ok:
+            result.update(errorCode=o.error_code, errorMessage=o.error_message)
+        out["lastRecentSyncResult"] = result
     return out
 
 
@@ -280,7 +351,30 @@ def account_record(doc: dict) -> AccountRecord:
         account_id=doc["accountId"], enabled=doc.get("enabled", True) is not False, phone=doc.get("phone"),
         status=AccountStatus(status) if status in AccountStatus._value2member_map_ else None,
         repair=Repair(needed, doc.get("repairReason") if needed else None,
-                      dt_to_ms(doc.get("repairRequestedAt")) if needed else None))
+                      dt_to_ms(doc.get("repairRequestedAt")) if needed else None),
+        jobs=job_times(doc))
+
+
+def job_times(doc: dict) -> JobTimes:
+    """The scheduler's stored times; a value another writer left unreadable counts as absent."""
+    status = doc.get("lastAutoBackfillStatus")
+    ok = status.get("ok") if isinstance(status, dict) and not status.get("running") else None
+    return JobTimes(
+        last_auto_backfill_ms=_time_or_none(doc.get("lastAutoBackfillAt")),
+        last_auto_backfill_success_ms=_time_or_none(doc.get("lastAutoBackfillSuccessAt")),
+        last_auto_backfill_attempt_ms=_time_or_none(doc.get("lastAutoBackfillAttemptAt")),
+        last_auto_backfill_ok=ok if isinstance(ok, bool) else None,
+        last_recent_sync_ms=_time_or_none(doc.get("lastRecentSyncAt")),
+        last_auto_repair_ms=_time_or_none(doc.get("lastAutoRepairAt")))
+
+
+def _time_or_none(value: Any) -> Optional[int]:
+    if isinstance(value, bool):
+        return None
+    try:
+        return dt_to_ms(value)
+    except (ValueError, TypeError):
+        return None
 
 
 # --- API shape and cursors --------------------------------------------------------

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from wasync.runtime.account import AccountPatch, AccountRecord
+from wasync.runtime.backfill import RepairResult, ThreadHistory
 from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, ThreadUpdate, thread_id
-from wasync.runtime.store import schema
+from wasync.runtime.store import history, schema
 from wasync.runtime.store.base import BadData, Fence, Page, StoreError, WriteResult
 from wasync.runtime.store.schema import merge_message, ms_to_dt, to_api
 from wasync.runtime.store.sqlite_codec import decode, encode, plain
@@ -89,6 +90,11 @@ def _reads(fn):
             raise StoreError(f"sqlite {fn.__name__}: {exc}") from exc
 
     return read
+
+
+def _bound(row) -> Optional[dict]:
+    """A (id, ts_client_ms, direction) row as the message fields a history needs."""
+    return None if row is None else {"id": row[0], "tsClientMs": row[1], "direction": row[2]}
 
 
 class SqliteStore(SqliteOwnership):
@@ -365,6 +371,55 @@ class SqliteStore(SqliteOwnership):
         more = len(rows) > limit
         next_cursor = schema.encode_cursor(rows[limit - 1][1], rows[limit - 1][0]) if more else None
         return Page(items, next_cursor)
+
+    # --- backfill: thread histories and repair -------------------------------------
+
+    _ACCOUNT_THREADS = ("SELECT thread_id, doc FROM threads WHERE account_id = ?{since} "
+                        "ORDER BY last_message_at_ms DESC, thread_id DESC LIMIT ?")  # NULLs sort last
+    _BOUND = ("SELECT id, ts_client_ms, json_extract(doc, '$.direction') FROM messages WHERE thread_id = ? "
+              "ORDER BY ts_client_ms {0}, id {0} LIMIT 1")
+
+    @_reads
+    def thread_history(self, account_id: str, chat_jid: str) -> Optional[ThreadHistory]:
+        conn, thread = self._conn(), thread_id(account_id, chat_jid)
+        row = conn.execute("SELECT doc FROM threads WHERE thread_id = ?", (thread,)).fetchone()
+        return self._history(conn, account_id, thread, decode(row[0]) if row else None)
+
+    @_reads
+    def list_thread_histories(self, account_id: str, limit: int,
+                              active_since_ms: Optional[int] = None) -> list[ThreadHistory]:
+        conn, limit = self._conn(), max(limit, 0)  # a negative LIMIT means none to SQLite
+        if active_since_ms is None:
+            rows = conn.execute(self._ACCOUNT_THREADS.format(since=""), (account_id, limit))
+        else:
+            rows = conn.execute(self._ACCOUNT_THREADS.format(since=" AND last_message_at_ms >= ?"),
+                                (account_id, active_since_ms, limit))
+        return [self._history(conn, account_id, tid, decode(doc)) for tid, doc in rows.fetchall()]
+
+    def _history(self, conn, account_id: str, thread: str, doc: Optional[dict]) -> Optional[ThreadHistory]:
+        oldest, newest = (conn.execute(self._BOUND.format(order), (thread,)).fetchone() for order in ("ASC", "DESC"))
+        stored = conn.execute("SELECT count(*) FROM messages WHERE thread_id = ?", (thread,)).fetchone()[0]
+        return history.thread_history(account_id, history.chat_of(account_id, thread), doc, _bound(oldest),
+                                      _bound(newest), stored)
+
+    def repair_threads(self, account_id: str, limit: int, now_ms: int) -> RepairResult:
+        now = ms_to_dt(now_ms)
+        with self._write() as conn:
+            threads = [(tid, decode(doc)) for tid, doc in
+                       conn.execute(self._ACCOUNT_THREADS.format(since=""), (account_id, max(limit, 0))).fetchall()]
+            newest = {}
+            for tid, _ in threads:
+                row = conn.execute("SELECT id, doc FROM messages WHERE thread_id = ? "
+                                   "ORDER BY ts_client_ms DESC, id DESC LIMIT 1", (tid,)).fetchone()
+                if row is not None:
+                    newest[tid] = {**decode(row[1]), "id": row[0]}
+            fixes, missing = history.plan_repair(threads, newest)
+            docs = dict(threads)
+            for tid, fields in fixes.items():
+                doc = {**docs[tid], **fields, "updatedAt": now}
+                conn.execute("UPDATE threads SET doc = ?, last_message_at_ms = ? WHERE thread_id = ?",
+                             (encode(doc), doc["lastMessageAtMs"], tid))
+        return RepairResult(checked=len(threads), fixed=len(fixes), missing=missing)
 
     # --- accounts ----------------------------------------------------------------
 

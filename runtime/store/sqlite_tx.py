@@ -113,6 +113,13 @@ class SqliteOwnership:
             self._mirror_lock(conn, job, account_id, lock)
             return lock
 
+    def get_job_lock(self, job: str, account_id: str) -> Optional[JobLock]:
+        if job not in JOBS:
+            raise ValueError(f"unknown job {job!r}; expected one of {JOBS}")
+        row = self._conn().execute("SELECT owner, expires_at_ms, started_at_ms FROM job_locks "
+                                   "WHERE job = ? AND account_id = ?", (job, account_id)).fetchone()
+        return None if row is None else JobLock(job, account_id, row[0], row[1], row[2])
+
     def release_job_lock(self, job: str, account_id: str, owner: str) -> bool:
         with self._write() as conn:
             gone = conn.execute("DELETE FROM job_locks WHERE job = ? AND account_id = ? AND owner = ?",

@@ -4,7 +4,10 @@ what differs here: timestamps are seconds, direction comes from key.fromMe (the
 account's own JID is not in the event), `@lid` JIDs resolve through the conversation's
 pnJID/lidJID and the batch's phone-number/LID table, and anything that is not a
 content message (protocol, stub, empty, an edit or revoke of an older message) is
-counted in `HistoryBatch.skipped`, never returned.
+counted in `HistoryBatch.skipped`, never returned. A conversation whose
+endOfHistoryTransferType is COMPLETE_AND_NO_MORE_MESSAGE_REMAIN_ON_PRIMARY (WhatsApp:
+nothing older exists) gives its thread `history_complete=True`; the messages of an
+ON_DEMAND batch (answers to our own history requests) are `SyncSource.BACKFILL`.
 """
 from __future__ import annotations
 
@@ -97,9 +100,14 @@ def _sync_type(data: hs.HistorySync) -> m.HistorySyncType:
     return _SYNC_TYPES.get(data.syncType, m.HistorySyncType.OTHER)
 
 
+_NO_MORE_ON_PRIMARY = hs.Conversation.EndOfHistoryTransferType.COMPLETE_AND_NO_MORE_MESSAGE_REMAIN_ON_PRIMARY
+
+
 def messages_from_history(account_id: str, event: Union[npb.HistorySync, hs.HistorySync]) -> m.HistoryBatch:
     """A neonize `HistorySync` event (or its `.Data`) as one HistoryBatch."""
     data = event.Data if isinstance(event, npb.HistorySync) else event
+    sync_type = _sync_type(data)
+    source = m.SyncSource.BACKFILL if sync_type is m.HistorySyncType.ON_DEMAND else m.SyncSource.HISTORY_SYNC
     lid_to_pn = {
         bare_jid(x.lidJID): bare_jid(x.pnJID) for x in data.phoneNumberToLidMappings if x.lidJID and x.pnJID
     }
@@ -117,10 +125,13 @@ def messages_from_history(account_id: str, event: Union[npb.HistorySync, hs.Hist
             skipped += len(conv.messages)
             continue
         name = conv.name or conv.displayName or pushnames.get(chat) or pushnames.get(chat_alt) or None
-        threads.append(m.ThreadUpdate(account_id, chat, display_name=name, is_group=is_group_jid(chat)))
+        complete = True if conv.endOfHistoryTransferType == _NO_MORE_ON_PRIMARY else None
+        threads.append(m.ThreadUpdate(account_id, chat, display_name=name, is_group=is_group_jid(chat),
+                                      history_complete=complete))
         for entry in conv.messages:
             result = message_from_web_info(
-                account_id, entry.message, chat_jid=chat, chat_alt_jid=chat_alt, lid_to_pn=lid_to_pn
+                account_id, entry.message, chat_jid=chat, chat_alt_jid=chat_alt, lid_to_pn=lid_to_pn,
+                sync_source=source,
             )
             if isinstance(result, m.Message):
                 messages.append(result)
@@ -128,7 +139,7 @@ def messages_from_history(account_id: str, event: Union[npb.HistorySync, hs.Hist
                 skipped += 1
     return m.HistoryBatch(
         account_id=account_id,
-        sync_type=_sync_type(data),
+        sync_type=sync_type,
         messages=tuple(messages),
         threads=tuple(threads),
         chunk_order=data.chunkOrder,

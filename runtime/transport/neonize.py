@@ -34,7 +34,8 @@ Decisions (reviewers take note; the Go-side reasons are in neonize_support.py):
   showing QR codes never leaves goneonize (it waits for an ID forever once the codes run
   out): its non-daemon worker is taken off the interpreter's exit wait, and stays behind.
 - logout() sends the LoggedOut event whatsmeow does not emit for a logout it was asked for.
-- On-demand history: absent in neonize 0.5.2 (`history_api`); CapabilityAbsent.
+- On-demand history: absent in neonize 0.5.2 (`history_api`); CapabilityAbsent. Never
+  AFTER an anchor, whatever neonize can do (see `request_history`).
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ from wasync.runtime.transport.neonize_support import (
     parse_jid, registry, release_stuck_thread, safe_file_stem, timestamp_ms, translate_error, with_connect_timeout,
 )
 from wasync.runtime.transport.session import (
-    Capabilities, CapabilityAbsent, EventSink, NotConnected, SendResult, SessionError,
+    Capabilities, CapabilityAbsent, EventSink, HistoryDirection, MessageRef, NotConnected, SendResult, SessionError,
 )
 
 log = logging.getLogger("wasync.transport.neonize")
@@ -94,12 +95,13 @@ class NeonizeTransport:
     """SessionFactory for real WhatsApp. Owns the watcher thread that stops clients."""
 
     def __init__(self, sessions_path: str | Path, sessions_dsn: Optional[str] = None, *,
-                 sync_full_history: bool = True, log_level: str = "info", proxy: Optional[str] = None,
+                 sync_full_history: bool = True, history_sync_days: int = 3650, history_sync_size_mb: int = 102400,
+                 log_level: str = "info", proxy: Optional[str] = None,
                  registration_window_s: float = 1.0, settle_wait_s: float = 15.0, stop_timeout_s: float = 10.0):
         nz = _load_neonize()
         self.sessions_path = Path(sessions_path)
         self.sessions_dsn = with_connect_timeout(sessions_dsn) if sessions_dsn else None
-        self.props = device_props(sync_full_history)
+        self.props = device_props(sync_full_history, history_sync_days, history_sync_size_mb)
         self.proxy = nz.ProxySettings(proxy_address=proxy) if proxy else None
         self.registration_window_s = registration_window_s
         self.settle_wait_s = settle_wait_s
@@ -115,6 +117,7 @@ class NeonizeTransport:
     @classmethod
     def from_settings(cls, settings) -> "NeonizeTransport":
         return cls(settings.sessions_path, settings.sessions_dsn, sync_full_history=settings.sync_full_history,
+                   history_sync_days=settings.history_sync_days, history_sync_size_mb=settings.history_sync_size_mb,
                    log_level=settings.log_level)
 
     def open(self, account_id: str, phone: Optional[str], sink: EventSink) -> "NeonizeSession":
@@ -210,7 +213,8 @@ class NeonizeSession:
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(on_demand_history=history_api(self._run.client) is not None, pair_phone=True)
+        return Capabilities(on_demand_history=history_api(self._run.client) is not None, pair_phone=True,
+                            history_after=False)
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -436,16 +440,21 @@ class NeonizeSession:
         self._call("mark_read", 30.0, lambda client: client.mark_read(
             *message_ids, chat=chat, sender=sender, receipt=_nz.ReceiptType.READ, timestamp=ts_ms // 1000))
 
-    def request_history(self, chat_jid: str, oldest_id: str, oldest_ts_ms: int, oldest_from_me: bool,
-                        count: int) -> None:
+    def request_history(self, chat_jid: str, anchor: MessageRef, count: int,
+                        direction: HistoryDirection = HistoryDirection.BEFORE) -> None:
+        """BEFORE only: WhatsApp's HistorySyncOnDemandRequest has just an oldest-message
+        anchor (oldestMsgID, oldestMsgTimestampMS, oldestMsgFromMe) and asks the phone
+        for what precedes it; nothing asks for newer messages, so AFTER is CapabilityAbsent."""
+        if HistoryDirection(direction) is not HistoryDirection.BEFORE:
+            raise CapabilityAbsent("WhatsApp's on-demand history request only reads back from the oldest message")
         if history_api(self._run.client) is None:
             raise CapabilityAbsent("neonize 0.5.2 cannot send an on-demand history request")
         chat, npb = parse_jid(chat_jid), _nz.npb
-        source = npb.MessageSource(Chat=chat, Sender=empty_jid(), IsFromMe=oldest_from_me,
+        source = npb.MessageSource(Chat=chat, Sender=empty_jid(), IsFromMe=anchor.from_me,
                                    IsGroup=chat.Server == "g.us", SenderAlt=empty_jid(),
                                    RecipientAlt=empty_jid(), BroadcastListOwner=empty_jid())
-        info = npb.MessageInfo(MessageSource=source, ID=oldest_id, ServerID=0, Type="", Pushname="",
-                               Timestamp=oldest_ts_ms, Category="", Multicast=False, MediaType="", Edit="")
+        info = npb.MessageInfo(MessageSource=source, ID=anchor.id, ServerID=0, Type="", Pushname="",
+                               Timestamp=anchor.ts_ms, Category="", Multicast=False, MediaType="", Edit="")
         self._call("history", 30.0, lambda client: history_api(client)(info, count))
 
     def pair_phone(self, phone: str) -> str:

@@ -270,17 +270,18 @@ def timestamp_ms(value: int, *, now_ms: Optional[int] = None) -> int:
 # --- what the client asks for, and what it can do ---------------------------------------
 
 
-def device_props(sync_full_history: bool):
-    """DeviceProps for pairing. Full history: requireFullSync with a 10-year / 100 GB
-    HistorySyncConfig (whatsmeow's documented knobs; the phone decides what it sends) and
-    the DESKTOP platform, which WhatsApp is reported to honour for full syncs."""
+def device_props(sync_full_history: bool, days: int = 3650, size_mb: int = 102400):
+    """DeviceProps for pairing. Full history: requireFullSync with a HistorySyncConfig of
+    `days` (fullSyncDaysLimit) and `size_mb` (fullSyncSizeMbLimit; storageQuotaMb stays
+    100 GB), whatsmeow's documented knobs: the phone decides what it sends. Plus the
+    DESKTOP platform, which WhatsApp is reported to honour for full syncs."""
     from neonize.proto.waCompanionReg.WAWebProtobufsCompanionReg_pb2 import DeviceProps
 
     props = DeviceProps(os="wasync", requireFullSync=sync_full_history)
     if sync_full_history:
         props.platformType = DeviceProps.DESKTOP
         props.historySyncConfig.CopyFrom(DeviceProps.HistorySyncConfig(
-            fullSyncDaysLimit=3650, fullSyncSizeMbLimit=102400, storageQuotaMb=102400))
+            fullSyncDaysLimit=days, fullSyncSizeMbLimit=size_mb, storageQuotaMb=102400))
     else:
         props.platformType = DeviceProps.SAFARI  # neonize's own default
     return props

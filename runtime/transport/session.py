@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
+from wasync.runtime.backfill import Direction as HistoryDirection, MessageRef
+
 
 class EventSink(Protocol):
     def __call__(self, kind: str, raw: bytes) -> None:
@@ -21,6 +23,7 @@ class EventSink(Protocol):
 class Capabilities:
     on_demand_history: bool  # can ask the phone for older messages of a chat
     pair_phone: bool  # can pair by phone-number code instead of QR
+    history_after: bool = False  # can also ask for messages newer than an anchor (a trailing gap)
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,12 @@ class Session(Protocol):
 
     def mark_read(self, chat_jid: str, sender_jid: Optional[str], message_ids: list[str], ts_ms: int) -> None: ...
 
-    def request_history(self, chat_jid: str, oldest_id: str, oldest_ts_ms: int, oldest_from_me: bool,
-                        count: int) -> None:
-        """Ask for up to `count` messages older than the anchor; they arrive later as a
-        HistorySync event of type ON_DEMAND. Raises CapabilityAbsent where unsupported."""
+    def request_history(self, chat_jid: str, anchor: MessageRef, count: int,
+                        direction: HistoryDirection = HistoryDirection.BEFORE) -> None:
+        """Ask for up to `count` messages of `chat_jid` older (BEFORE) or newer (AFTER)
+        than the anchor; they arrive later, through the sink, as a HistorySync event of
+        type ON_DEMAND. Raises CapabilityAbsent where unsupported (no on-demand at all,
+        or AFTER without `capabilities.history_after`)."""
 
     def pair_phone(self, phone: str) -> str:
         """A pairing code for `phone` (only while pairing). Raises CapabilityAbsent."""

@@ -29,7 +29,7 @@ from neonize.proto import Neonize_pb2
 from wasync.runtime.backoff import Backoff
 from wasync.runtime.sim import wire
 from wasync.runtime.transport.session import (
-    Capabilities, EventSink, InvalidRecipient, NotConnected, RateLimited, SendResult,
+    Capabilities, EventSink, HistoryDirection, InvalidRecipient, MessageRef, NotConnected, RateLimited, SendResult,
     SessionError,
 )
 
@@ -126,7 +126,7 @@ class SimulatedTransport:
 
 
 class SimulatedSession:
-    capabilities = Capabilities(on_demand_history=True, pair_phone=True)
+    capabilities = Capabilities(on_demand_history=True, pair_phone=True, history_after=True)
 
     def __init__(self, transport: SimulatedTransport, account_id: str, phone: Optional[str], sink: EventSink):
         self.transport = transport
@@ -172,9 +172,10 @@ class SimulatedSession:
     def mark_read(self, chat_jid: str, sender_jid: Optional[str], message_ids: list[str], ts_ms: int) -> None:
         self._call({"op": "mark_read", "chat": chat_jid, "ids": list(message_ids)}, 10.0)
 
-    def request_history(self, chat_jid: str, oldest_id: str, oldest_ts_ms: int, oldest_from_me: bool,
-                        count: int) -> None:
-        self._call({"op": "history", "chat": chat_jid, "anchor": oldest_id, "count": count}, 30.0)
+    def request_history(self, chat_jid: str, anchor: MessageRef, count: int,
+                        direction: HistoryDirection = HistoryDirection.BEFORE) -> None:
+        self._call({"op": "history", "chat": chat_jid, "anchor": anchor.id, "count": count,
+                    "direction": HistoryDirection(direction).value}, 30.0)
 
     def pair_phone(self, phone: str) -> str:
         # Asked while pairing: the socket is open but the session is not "connected" yet.
