@@ -317,12 +317,11 @@ class AccountActor(pykka.ThreadingActor):
                 f = replace(f, last_protocol_message_ms=now, protocol_messages=f.protocol_messages + 1,
                             protocol_streak_start_ms=start, protocol_streak_beats=beats)
             case m.HistoryBatch():
-                f = replace(f, last_history_sync_ms=now)
                 if event.sync_type is not m.HistorySyncType.ON_DEMAND:
                     # The phone pushing its history proves the session is not deaf (and a
                     # big initial sync comes with minutes of protocol notices). Answers to
-                    # our own requests prove nothing about live delivery.
-                    f = self._streak_ended(f)
+                    # our own requests prove nothing about live delivery, and are no sync.
+                    f = self._streak_ended(replace(f, last_history_sync_ms=now))
             case m.Connected():
                 f = self._streak_ended(replace(f, link=Link.CONNECTED, connected_since_ms=now, keepalive_timeouts=0))
             case m.Disconnected():

@@ -46,6 +46,10 @@ log = logging.getLogger("wasync.scheduler")
 WATCH_EVERY_S = 2.0
 CANCEL_GRACE_S = 30.0  # a cancelled walk that does not report by then is closed as interrupted
 OVERDUE_SHARE = 0.9  # of the job lock: a run still going then is cancelled before the lock lapses
+# An automatic backfill waits until the phone's history sync has been quiet this long: a
+# run planned from half an initial sync would walk from the wrong place and then rest
+# for the whole cooldown.
+HISTORY_QUIET_MS = 20_000
 
 
 @dataclass(frozen=True)
@@ -246,7 +250,8 @@ class SchedulerActor(pykka.ThreadingActor):
         due = {a for a, at in self._connect_due.items() if at <= now and a in here}
         wanted = set(here) if self._periodic else due
         self._periodic = False
-        idle = [(a, self._times.get(a, JobTimes())) for a in sorted(wanted) if not self._busy(a)]
+        syncing = {a for a in wanted if (here[a].last_history_sync_ms or 0) > now - HISTORY_QUIET_MS}
+        idle = [(a, self._times.get(a, JobTimes())) for a in sorted(wanted - syncing) if not self._busy(a)]
         for account_id, times in idle:
             reason = policy.skip_reason(times, now, self.config.auto)
             if reason is not None and account_id in due:
