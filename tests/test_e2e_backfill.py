@@ -12,6 +12,8 @@ accounts (never two runs of one account at once).
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -196,6 +198,16 @@ def test_a_crash_in_the_middle_of_a_backfill_resumes_without_duplicates(tmp_path
               f"stored; after the restart {have} of {total}")
         assert have == total
         assert wait_for(lambda: store.get_account("acc1")["lastBackfillStatus"] == "success", what="success stored")
+
+        # by hand, from the command line, following the run to its end
+        cli = subprocess.run([sys.executable, "-m", "wasync.runtime.cli", "backfill", "acc1", "--wait"],
+                             env=daemon.env, capture_output=True, text=True, timeout=120)
+        assert cli.returncode == 0, cli.stdout + cli.stderr
+        assert "backfill of acc1 started" in cli.stderr
+        assert "completeness: 6 complete, 0 incomplete, 0 unreachable of 6 threads; 1500 messages stored" in cli.stdout
+        again = subprocess.run([sys.executable, "-m", "wasync.runtime.cli", "backfill", "nosuch"],
+                               env=daemon.env, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1 and "no account nosuch" in again.stderr
     finally:
         stack.close()
 
