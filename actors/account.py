@@ -36,7 +36,7 @@ from wasync.runtime import model as m
 from wasync.runtime.account import AccountFacts, AccountPatch, Link
 from wasync.runtime.board import Board
 from wasync.runtime.clock import Clock
-from wasync.runtime.backfill import JobOutcome
+from wasync.runtime.backfill import Job, JobOutcome
 from wasync.runtime.spool import SpoolRow
 from wasync.runtime.ticker import Timers
 from wasync.runtime.transport.session import NotConnected, SessionError, SessionFactory
@@ -265,7 +265,7 @@ class AccountActor(pykka.ThreadingActor):
         folded = self.deps.ingest.fold(self.account_id, rows)
         before = self.facts
         self._observe_all(folded)
-        self.deps.writer.tell(folded.batch)
+        self.deps.writer.tell(self._tagged(folded.batch))
         if self._walk is not None and self._walk_answers(folded):
             self._pump()
         self._publish()
@@ -453,6 +453,14 @@ class AccountActor(pykka.ThreadingActor):
                 messages = [msg for msg in event.messages if msg.client_jid == thread.client_jid]
                 matched |= self._walk.answered(thread.client_jid, messages, bool(thread.history_complete))
         return matched
+
+    def _tagged(self, batch: IngestBatch) -> IngestBatch:
+        """On-demand answers arrive as `backfill`; while a recent-sync walks, they are its."""
+        if self._walk is None or self._walk.job is not Job.RECENT_SYNC:
+            return batch
+        messages = tuple(replace(msg, sync_source=m.SyncSource.RECENT_SYNC)
+                         if msg.sync_source is m.SyncSource.BACKFILL else msg for msg in batch.messages)
+        return replace(batch, messages=messages)
 
     def _end_walk(self, error_code: Optional[str] = None, error_message: Optional[str] = None) -> None:
         order, walk = self._order, self._walk

@@ -155,9 +155,12 @@ def test_auto_backfill_and_recent_sync_complete_the_world(tmp_path, store_kind):
             assert have == total
             assert status["onDemand"] == "available" and c["complete"] == c["threads"] == 5
             assert c["messagesStored"] == total
-        # the formerly lost messages came back through history requests
+        # what was lost came back through recent-sync (behind the newest message), what the
+        # initial sync left out through the backfill's walk back
         lost = store.get_message("acc1", chats[0].jid, f"DROP0{0:02d}{P1[-2:]}")
-        assert lost is not None and lost["syncSource"] == "backfill"
+        assert lost is not None and lost["syncSource"] == "recent_sync"
+        oldest = min(received(final, P1)[chats[0].jid].values(), key=lambda m: m["ts"])
+        assert store.get_message("acc1", chats[0].jid, oldest["id"])["syncSource"] == "backfill"
         doc = store.get_account("acc1")
         assert doc["lastAutoBackfillStatus"]["ok"] is True and doc["lastBackfillStatus"] == "success"
         assert doc["lastRecentSyncResult"]["ok"] is True and doc.get("lastAutoRepairAt")
