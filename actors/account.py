@@ -1,6 +1,7 @@
 """AccountActor: one per account running here. Owns its Session and reads its Inbox (the
 spool rows of this account, in order), turning raw events into store writes (through
-actors/ingest.py) and into the facts it observes about the account.
+actors/ingest.py) and into the facts it observes about the account. It keeps the account's
+BackfillState (actors/backfill_state.py): the history walk a backfill or recent-sync runs.
 
 It reports facts; it never decides its own status (the supervisor does, from the
 facts). The transport's callback only appends to the spool and tells this actor to wake
@@ -24,11 +25,9 @@ import pykka
 from wasync.actors import supervisor_protocol as sp
 from wasync.actors.account_protocol import (AccountMsg, CancelWalk, Fault, PairPhone, PlanRead, Probe, RequestOverdue,
                                             RequestSent, RunWalk, StopSession, Wake)
-from wasync.actors.backfill import HistoryWalk
+from wasync.actors.backfill_state import BackfillState
 from wasync.actors.ingest import Folded, Ingest, phone_of
-from wasync.actors.policy.backfill import BackfillRules, backfill_plan, recent_sync_plan
 from wasync.actors.policy.health import protocol_streak
-from wasync.actors.scheduler_protocol import WalkFinished
 from wasync.actors.reply import answer, fail
 from wasync.actors.slot import SessionSlot
 from wasync.actors.writer_protocol import IngestBatch
@@ -36,16 +35,14 @@ from wasync.runtime import model as m
 from wasync.runtime.account import AccountFacts, AccountPatch, Link
 from wasync.runtime.board import Board
 from wasync.runtime.clock import Clock
-from wasync.runtime.backfill import Job, JobOutcome
 from wasync.runtime.spool import SpoolRow
 from wasync.runtime.ticker import Timers
-from wasync.runtime.transport.session import NotConnected, SessionError, SessionFactory
+from wasync.runtime.transport.session import NotConnected, SessionFactory
 
 log = logging.getLogger("wasync.account")
 
 DRAIN_ROWS = 200  # rows per wake-up: keeps the actor answering probes between bursts
 UNDECRYPTABLE_WINDOW_MS = 10 * 60_000  # undecryptable messages count towards a burst this long
-ANSWER_WAIT_S = 30.0  # a history request not answered by then ends its thread with "timeout"
 
 # Fault.kind "block" waits on this forever: a stand-in for a handler stuck in a call
 # that never returns (tests of the supervisor's liveness check).
@@ -84,8 +81,7 @@ class AccountActor(pykka.ThreadingActor):
         self._beat_ms: Optional[int] = None  # the protocol streak's last beat (policy/health)
         self._undecryptable: deque[int] = deque()  # wall ms of recent undecryptable messages
         self._finished = False
-        self._order: Optional[RunWalk] = None  # the walk asked for (planning or walking)
-        self._walk: Optional[HistoryWalk] = None
+        self.backfill = BackfillState(account_id, deps, self.actor_ref, slot, self._walk_progress)
         # Rows up to here were spooled before this actor's session began (an earlier session
         # of the account, on this instance, in this life or an earlier one): their data is
         # written like any other, but their session events (a StreamReplaced that kicked the
@@ -147,8 +143,7 @@ class AccountActor(pykka.ThreadingActor):
             self._drain_all()
         except Exception:
             log.exception("[realtime] accountId=%s could not finish cleanly", self.account_id)
-        if self._order is not None:
-            self._end_walk("interrupted", "the account's actor stopped")
+        self.backfill.interrupt("the account's actor stopped")
         if not self.slot.killed:  # killed: the thread stopping the session says so once it has
             self._tell_supervisor(sp.ChildStopped(self.account_id, self.generation))
 
@@ -173,8 +168,7 @@ class AccountActor(pykka.ThreadingActor):
                 case StopSession():
                     self._stop_session()  # shutdown: no new events, but keep draining the spool
                     self._drain_all()
-                    if self._order is not None:
-                        self._end_walk("interrupted", "the session stopped (shutdown)")
+                    self.backfill.interrupt("the session stopped (shutdown)")
                     self._tell_supervisor(sp.Facts(self.facts))  # disconnected: its status says so
                     self._tell_supervisor(sp.SessionStopped(self.account_id, self.generation))
                 case PairPhone(phone=phone, reply=reply):
@@ -182,21 +176,15 @@ class AccountActor(pykka.ThreadingActor):
                 case Fault(kind=kind):
                     self._fault(kind)
                 case RunWalk():
-                    self._start_walk(message)
+                    self.backfill.start(message, self.facts.connected)
                 case PlanRead():
-                    self._plan_read(message)
-                case RequestSent(run_id=run_id, seq=seq, error=error):
-                    if error is not None and self._walk is not None and self._walk.run_id == run_id:
-                        self._walk.failed(seq, error)
-                        self._pump()
+                    self.backfill.plan_read(message)
+                case RequestSent(run_id=run_id, seq=seq, error=error) if error is not None:
+                    self.backfill.request_failed(run_id, seq, error)
                 case RequestOverdue(run_id=run_id, seq=seq):
-                    if self._walk is not None and self._walk.run_id == run_id and self._walk.failed(seq, "timeout"):
-                        log.warning("[auto-backfill] accountId=%s history request %d not answered in %.0f s",
-                                    self.account_id, seq, ANSWER_WAIT_S)
-                        self._pump()
+                    self.backfill.request_failed(run_id, seq, "timeout")
                 case CancelWalk(run_id=run_id, reason=reason):
-                    if self._order is not None and self._order.run_id == run_id:
-                        self._end_walk("cancelled", reason)
+                    self.backfill.cancel(run_id, reason)
         except Exception as exc:
             log.exception("[realtime] accountId=%s ingest failed", self.account_id)
             self.deps.ingest.metrics.actor_failures.labels(actor="account").inc()
@@ -265,9 +253,8 @@ class AccountActor(pykka.ThreadingActor):
         folded = self.deps.ingest.fold(self.account_id, rows)
         before = self.facts
         self._observe_all(folded)
-        self.deps.writer.tell(self._tagged(folded.batch))
-        if self._walk is not None and self._walk_answers(folded):
-            self._pump()
+        self.deps.writer.tell(self.backfill.tagged(folded.batch))
+        self.backfill.answers(folded)
         self._publish()
         if self._bears_on_health(before, folded):
             self._tell_supervisor(sp.Facts(self.facts))  # may change its status: say so now
@@ -360,130 +347,9 @@ class AccountActor(pykka.ThreadingActor):
         self._beat_ms = None
         return replace(f, protocol_streak_start_ms=None, protocol_streak_beats=0)
 
-    # --- history walks (backfill, recent-sync): this account's BackfillState in motion ------
-
-    def _start_walk(self, order: RunWalk) -> None:
-        if self._order is not None:
-            self._tell_scheduler(order, JobOutcome(ok=False, error_code="busy",
-                                                   error_message=f"run {self._order.run_id} is walking"))
-            return
-        session = self.slot.current()
-        if session is None or not self.facts.connected:
-            self._tell_scheduler(order, JobOutcome(ok=False, error_code="not_connected",
-                                                   error_message="the session is not connected"))
-            return
-        if not session.capabilities.on_demand_history:
-            # Honest about it: nothing can be asked; the scheduler still repairs threads.
-            self._tell_scheduler(order, JobOutcome(ok=True, on_demand=False))
-            return
-        self._order = order
-        now = self.deps.clock.wall_ms()
-        lookback = getattr(order.rules, "lookback_ms", None)
-        active_since = None if lookback is None else now - lookback
-        store, account_id, ref, run_id = self.deps.store, self.account_id, self.actor_ref, order.run_id
-
-        def read():
-            return tuple(store.list_thread_histories(account_id, order.threads_read, active_since))
-
-        def done(call) -> None:  # on the call's thread: only a tell
-            error = call.exception()
-            _tell(ref, PlanRead(run_id, () if error else call.result(),
-                                None if error is None else f"{type(error).__name__}: {error}"))
-
-        self.deps.calls.submit(read).add_done_callback(done)
-
-    def _plan_read(self, msg: PlanRead) -> None:
-        order = self._order
-        if order is None or order.run_id != msg.run_id or self._walk is not None:
-            return
-        if msg.error is not None:
-            self._end_walk("store_error", msg.error)
-            return
-        now = self.deps.clock.wall_ms()
-        session = self.slot.current()
-        can_after = session is not None and session.capabilities.history_after
-        if isinstance(order.rules, BackfillRules):
-            tasks = backfill_plan(msg.threads, now, order.rules, can_after)
-        else:
-            tasks = recent_sync_plan(msg.threads, now, order.rules, can_after)
-        self._walk = HistoryWalk(order.run_id, order.job, order.trigger, tasks, now)
-        self._pump()
-
-    def _pump(self) -> None:
-        """Send the walk's next request; write what finished; end the walk when it is over."""
-        walk = self._walk
-        while (req := walk.next_request()) is not None:
-            session = self.slot.current()
-            if session is None:
-                walk.failed(req.seq, "not_connected")
-                continue
-            ref, run_id = self.actor_ref, walk.run_id
-
-            def sent(call, seq=req.seq) -> None:  # on the call's thread: only a tell
-                error = call.exception()
-                if error is not None:
-                    word = error.reason if isinstance(error, SessionError) else "error"
-                    _tell(ref, RequestSent(run_id, seq, f"{word}: {error}"[:200]))
-
-            self.deps.calls.submit(session.request_history, req.chat_jid, req.anchor, req.count,
-                                   req.direction).add_done_callback(sent)
-            self.deps.ticker.later(self.actor_ref, RequestOverdue(run_id, req.seq), ANSWER_WAIT_S)
-            break
-        finished = walk.take_finished()
-        if finished:
-            now = self.deps.clock.wall_ms()
-            self.deps.writer.tell(IngestBatch(self.account_id, threads=tuple(
-                m.ThreadUpdate(self.account_id, chat, last_backfill_at_ms=now, last_backfill_result=word[:100])
-                for chat, _, word in finished)))
-        if walk.done:
-            self._end_walk()
-        else:
-            self.facts = replace(self.facts, walk=walk.progress())
-            self._publish()
-
-    def _walk_answers(self, folded: Folded) -> bool:
-        """Hand the walk the ON_DEMAND conversations that came in; True if one answered."""
-        matched = False
-        for row, event in folded.events:
-            if row.origin is not None or not isinstance(event, m.HistoryBatch):
-                continue
-            if event.sync_type is not m.HistorySyncType.ON_DEMAND:
-                continue
-            for thread in event.threads:
-                messages = [msg for msg in event.messages if msg.client_jid == thread.client_jid]
-                matched |= self._walk.answered(thread.client_jid, messages, bool(thread.history_complete))
-        return matched
-
-    def _tagged(self, batch: IngestBatch) -> IngestBatch:
-        """On-demand answers arrive as `backfill`; while a recent-sync walks, they are its."""
-        if self._walk is None or self._walk.job is not Job.RECENT_SYNC:
-            return batch
-        messages = tuple(replace(msg, sync_source=m.SyncSource.RECENT_SYNC)
-                         if msg.sync_source is m.SyncSource.BACKFILL else msg for msg in batch.messages)
-        return replace(batch, messages=messages)
-
-    def _end_walk(self, error_code: Optional[str] = None, error_message: Optional[str] = None) -> None:
-        order, walk = self._order, self._walk
-        self._order = self._walk = None
-        now = self.deps.clock.wall_ms()
-        if walk is not None and error_code is not None:
-            walk.cancel(error_code)
-            self.deps.writer.tell(IngestBatch(self.account_id, threads=tuple(
-                m.ThreadUpdate(self.account_id, chat, last_backfill_at_ms=now, last_backfill_result=word)
-                for chat, _, word in walk.take_finished())))
-        if walk is None:
-            outcome = JobOutcome(ok=False, error_code=error_code or "error", error_message=error_message)
-        else:
-            outcome = walk.outcome(now)
-            if error_code is not None:
-                outcome = replace(outcome, ok=False, error_code=error_code, error_message=error_message)
-        self.facts = replace(self.facts, walk=None)
+    def _walk_progress(self, progress) -> None:
+        self.facts = replace(self.facts, walk=progress)
         self._publish()
-        self._tell_scheduler(order, outcome)
-
-    def _tell_scheduler(self, order: RunWalk, outcome: JobOutcome) -> None:
-        if self.deps.scheduler is not None:
-            _tell(self.deps.scheduler, WalkFinished(self.account_id, order.run_id, outcome))
 
     # --- facts out ---------------------------------------------------------------------
 
@@ -501,9 +367,3 @@ class AccountActor(pykka.ThreadingActor):
     def _publish(self) -> None:
         self.deps.board.publish_facts(self.facts)
 
-
-def _tell(ref: pykka.ActorRef, message) -> None:
-    try:
-        ref.tell(message)
-    except pykka.ActorDeadError:
-        pass  # stopping: whoever waits for it has its own deadline

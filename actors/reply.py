@@ -1,4 +1,5 @@
-"""Replies that come later: a typed ask whose answer is not ready inside the handler.
+"""Replies that come later: a typed ask whose answer is not ready inside the handler,
+and tells from threads that are not actors (executor callbacks, reapers).
 
 pykka's `ask` answers with the handler's return value. Some answers are only known later
 (a pairing code from a call running off the actor's thread, "every session stopped"
@@ -25,3 +26,13 @@ def fail(reply: Reply, exc: BaseException) -> None:
 
 def answer(reply: Reply, value: Any = None) -> None:
     reply.set(value)
+
+
+def tell_if_alive(ref: pykka.ActorRef, message: Any) -> bool:
+    """Tell `ref`, from any thread; False if it is gone (stopping: whoever waits for what
+    it would have done has a deadline of its own)."""
+    try:
+        ref.tell(message)
+        return True
+    except pykka.ActorDeadError:
+        return False

@@ -27,7 +27,7 @@ import pykka
 
 from wasync.actors import account_protocol as ap
 from wasync.actors.policy import backfill as policy
-from wasync.actors.reply import Reply, answer, fail
+from wasync.actors.reply import Reply, answer, fail, tell_if_alive
 from wasync.actors.scheduler_protocol import (AutoBackfillTick, BackfillRunning, LockAnswer, RecentSyncTick,
                                               RecordsRead, RunClosed, RunOverdue, SchedulerMsg, StartBackfill,
                                               Started, WalkFinished, Watch)
@@ -101,10 +101,10 @@ class Run:
     reply: Optional[Reply] = None  # an operator waits for "started"
     phase: str = "locking"  # locking -> walking -> closing
     timer: object = None
+    outcome: Optional[JobOutcome] = None  # once the walk ended
 
-    def patch(self, outcome: Optional[JobOutcome] = None, finished_ms: Optional[int] = None,
-              holder: str = "") -> AccountPatch:
-        news = JobRun(self.job, self.trigger, self.started_ms, holder, outcome, finished_ms)
+    def patch(self, outcome: Optional[JobOutcome] = None, finished_ms: Optional[int] = None) -> AccountPatch:
+        news = JobRun(self.job, self.trigger, self.started_ms, self.fence.holder, outcome, finished_ms)
         return AccountPatch(backfill=news) if self.job is Job.BACKFILL else AccountPatch(recent_sync=news)
 
 
@@ -224,7 +224,7 @@ class SchedulerActor(pykka.ThreadingActor):
 
         def done(call) -> None:
             error = call.exception()
-            _tell(ref, RecordsRead(purpose, () if error else call.result(),
+            tell_if_alive(ref, RecordsRead(purpose, () if error else call.result(),
                                    None if error is None else f"{type(error).__name__}: {error}"))
 
         self.calls.submit(read).add_done_callback(done)
@@ -235,7 +235,7 @@ class SchedulerActor(pykka.ThreadingActor):
             log.warning("[auto-backfill] could not read the accounts' job times: %s", msg.error)
             return
         for record in msg.records:
-            self._times[record.account_id] = _later_times(self._times.get(record.account_id), record.jobs)
+            self._times[record.account_id] = policy.later_times(self._times.get(record.account_id), record.jobs)
         here = self._here()
         if msg.purpose is Job.BACKFILL:
             self._pick_backfills(here)
@@ -300,15 +300,15 @@ class SchedulerActor(pykka.ThreadingActor):
             if lock is None:
                 other = store.get_job_lock(job.value, run.account_id)
                 return LockAnswer(run.run_id, False, other.owner if other else None)
-            store.update_account(run.account_id, run.patch(holder=holder), run.started_ms, run.fence)
+            store.update_account(run.account_id, run.patch(), run.started_ms, run.fence)
             return LockAnswer(run.run_id, True)
 
         def done(call) -> None:
             error = call.exception()
             if error is None:
-                _tell(ref, call.result())
+                tell_if_alive(ref, call.result())
             else:
-                _tell(ref, LockAnswer(run.run_id, False, error=f"{type(error).__name__}: {error}",
+                tell_if_alive(ref, LockAnswer(run.run_id, False, error=f"{type(error).__name__}: {error}",
                                       fenced=isinstance(error, StaleFence)))
 
         self.calls.submit(take).add_done_callback(done)
@@ -357,12 +357,12 @@ class SchedulerActor(pykka.ThreadingActor):
                                      duration_ms=self.clock.wall_ms() - run.started_ms))
 
     def _finish(self, run: Run, outcome: JobOutcome) -> None:
-        run.phase = "closing"
+        run.phase, run.outcome = "closing", outcome
         if run.timer is not None:
             run.timer.cancel()
         ref = self.actor_ref
         call = self.calls.submit(self._close, run, outcome, self._times.get(run.account_id, JobTimes()))
-        call.add_done_callback(lambda c: _tell(ref, c.result() if c.exception() is None else RunClosed(
+        call.add_done_callback(lambda c: tell_if_alive(ref, c.result() if c.exception() is None else RunClosed(
             run.run_id, error=f"{type(c.exception()).__name__}: {c.exception()}")))
         self._count(run, outcome)
 
@@ -373,7 +373,7 @@ class SchedulerActor(pykka.ThreadingActor):
         now = self.clock.wall_ms()
         errors, repaired = [], None
         try:
-            store.update_account(run.account_id, run.patch(outcome, now, c.instance_id), now, run.fence)
+            store.update_account(run.account_id, run.patch(outcome, now), now, run.fence)
         except Exception as exc:
             errors.append(f"result not stored: {exc}")
         if run.job is Job.BACKFILL and c.repair and policy.repair_due(times, now, c.repair_cooldown_ms):
@@ -393,25 +393,31 @@ class SchedulerActor(pykka.ThreadingActor):
         if run is None:
             return
         self.metrics.backfill_running.labels(run.job.value).dec()
-        now = self.clock.wall_ms()
-        t = self._times.get(run.account_id, JobTimes())
-        if run.job is Job.BACKFILL:
-            t = replace(t, last_auto_backfill_ms=run.started_ms, last_auto_backfill_attempt_ms=run.started_ms)
-        else:
-            t = replace(t, last_recent_sync_ms=run.started_ms)
+        self._remember(run, msg.repaired is not None)
         if msg.repaired is not None:
-            t = replace(t, last_auto_repair_ms=now)
             self.metrics.threads_repaired.inc(msg.repaired.fixed)
             log.info("[schema-guard] accountId=%s threads checked=%d repaired=%d missingFields=%d", run.account_id,
                      msg.repaired.checked, msg.repaired.fixed, len(msg.repaired.missing))
             for thread_id in msg.repaired.missing[:20]:
                 log.warning("[schema-guard] accountId=%s threadId=%s lacked lastMessageAt/Ms/Preview (repaired)",
                             run.account_id, thread_id)
-        self._times[run.account_id] = t
         if msg.error is not None:
             log.error("[auto-backfill] accountId=%s run %s: %s", run.account_id, run.run_id, msg.error)
         if run.job is Job.RECENT_SYNC:
             self._start_recent(self._here())
+
+    def _remember(self, run: Run, repaired: bool) -> None:
+        """What this run changed in the account's job times (the stored ones say the same,
+        but the next read may predate the write)."""
+        t = self._times.get(run.account_id, JobTimes())
+        now, ok = self.clock.wall_ms(), run.outcome is not None and run.outcome.ok
+        if run.job is Job.BACKFILL:
+            t = replace(t, last_auto_backfill_ms=run.started_ms, last_auto_backfill_attempt_ms=run.started_ms,
+                        last_auto_backfill_ok=ok,
+                        last_auto_backfill_success_ms=now if ok else t.last_auto_backfill_success_ms)
+        else:
+            t = replace(t, last_recent_sync_ms=run.started_ms)
+        self._times[run.account_id] = replace(t, last_auto_repair_ms=now) if repaired else t
 
     def _count(self, run: Run, outcome: JobOutcome) -> None:
         """Metrics and the operator's log line for a run that ended."""
@@ -423,15 +429,9 @@ class SchedulerActor(pykka.ThreadingActor):
             result = "interrupted" if outcome.error_code in ("interrupted", "cancelled") else "error"
         self._counter(run.job).labels(result).inc()
         self.metrics.backfill_messages.labels(run.job.value).inc(outcome.messages)
-        t = self._times.get(run.account_id, JobTimes())
-        if run.job is Job.BACKFILL:
-            ok = outcome.ok
-            self._times[run.account_id] = replace(
-                t, last_auto_backfill_ok=ok, last_auto_backfill_success_ms=self.clock.wall_ms() if ok
-                else t.last_auto_backfill_success_ms)
-            if outcome.on_demand and outcome.thread_results:
-                incomplete = sum(1 for _, _, word in outcome.thread_results if word not in ("complete", "idle"))
-                self.metrics.threads_incomplete.labels(run.account_id).set(incomplete)
+        if run.job is Job.BACKFILL and outcome.on_demand and outcome.thread_results:
+            incomplete = sum(1 for _, _, word in outcome.thread_results if word not in ("complete", "idle"))
+            self.metrics.threads_incomplete.labels(run.account_id).set(incomplete)
         tag = "[auto-backfill]" if run.job is Job.BACKFILL else "[recent-sync]"
         log.info("%s accountId=%s trigger=%s result=%s threads=%d messages=%d errors=%d durationMs=%d onDemand=%s%s",
                  tag, run.account_id, run.trigger.value, result, outcome.threads, outcome.messages, outcome.errors,
@@ -440,24 +440,3 @@ class SchedulerActor(pykka.ThreadingActor):
 
     def _counter(self, job: Job):
         return self.metrics.backfill_runs if job is Job.BACKFILL else self.metrics.recent_sync_runs
-
-
-def _later_times(known: Optional[JobTimes], stored: JobTimes) -> JobTimes:
-    """The stored times, unless what ran here since is newer (the read may predate it)."""
-    if known is None:
-        return stored
-    pick = {}
-    for name in ("last_auto_backfill_ms", "last_auto_backfill_attempt_ms", "last_auto_backfill_success_ms",
-                 "last_recent_sync_ms", "last_auto_repair_ms"):
-        a, b = getattr(known, name), getattr(stored, name)
-        pick[name] = b if a is None or (b is not None and b >= a) else a
-    newer_attempt = (stored.last_auto_backfill_ms or 0) >= (known.last_auto_backfill_ms or 0)
-    pick["last_auto_backfill_ok"] = stored.last_auto_backfill_ok if newer_attempt else known.last_auto_backfill_ok
-    return JobTimes(**pick)
-
-
-def _tell(ref: pykka.ActorRef, message) -> None:
-    try:
-        ref.tell(message)
-    except pykka.ActorDeadError:
-        pass  # stopping

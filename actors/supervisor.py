@@ -39,7 +39,7 @@ from wasync.actors.leases_protocol import SessionReplaced as LeaseSessionReplace
 from wasync.actors.policy.escalation import REPAIR, on_degraded, recovered
 from wasync.actors.policy.health import verdict
 from wasync.actors.policy.intensity import RestartLog, check_restart
-from wasync.actors.reply import Reply, answer, fail
+from wasync.actors.reply import Reply, answer, fail, tell_if_alive
 from wasync.actors.slot import SessionSlot
 from wasync.actors.startgate import StartGate
 from wasync.actors.writer_protocol import AccountUpdate
@@ -278,7 +278,7 @@ class SupervisorActor(pykka.ThreadingActor):
         child.deadline_s = self.clock.monotonic_s() + self.policy.stop_child_s
         w.stopping[child.generation] = child
         ref, account_id, generation = self.actor_ref, w.account_id, child.generation
-        child.slot.kill(on_stopped=lambda: _tell(ref, sp.ChildStopped(account_id, generation)))
+        child.slot.kill(on_stopped=lambda: tell_if_alive(ref, sp.ChildStopped(account_id, generation)))
         pykka.ActorRegistry.unregister(child.ref)
         try:
             child.ref.stop(block=False)  # if it ever wakes up, it stops at once
@@ -524,7 +524,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self.closing = True
         for w in self.watches.values():
             w.token, w.start_due = w.token + 1, False
-            if w.child is not None and _tell(w.child.ref, StopSession()):
+            if w.child is not None and tell_if_alive(w.child.ref, StopSession()):
                 self._sessions_left.add((w.account_id, w.child.generation))
             # Children stopping already (a lease given up, a restart): their ChildStopped counts.
             self._sessions_left.update((w.account_id, generation) for generation in w.stopping)
@@ -540,11 +540,3 @@ class SupervisorActor(pykka.ThreadingActor):
         if not self._sessions_left and self._sessions_reply is not None:
             answer(self._sessions_reply, True)
             self._sessions_reply = None
-
-
-def _tell(ref: pykka.ActorRef, message) -> bool:
-    try:
-        ref.tell(message)
-        return True
-    except pykka.ActorDeadError:
-        return False

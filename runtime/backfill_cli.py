@@ -54,7 +54,7 @@ def _follow(api: Api, account_id: str, run_id: str, timeout_s: float, tty: bool)
             elif line != last_line:
                 print(line, file=sys.stderr)
             last_line = line
-        elif seen_running or _finished(status, run_id):
+        elif seen_running or _finished(status):
             if tty:
                 print(file=sys.stderr)
             return _report(status)
@@ -63,7 +63,7 @@ def _follow(api: Api, account_id: str, run_id: str, timeout_s: float, tty: bool)
     return 1
 
 
-def _finished(status: dict, run_id: str) -> bool:
+def _finished(status: dict) -> bool:
     """The run ended before we saw it walk (a quick run, or no on-demand history)."""
     auto = status.get("auto", {}).get("lastAutoBackfillStatus") or {}
     return auto.get("running") is False

@@ -297,11 +297,6 @@ class HistoryBatch:
     progress: Optional[int] = None  # percent, when WhatsApp says
     skipped: int = 0  # entries that were not messages (protocol, stubs, unparsable)
 
-    @property
-    def sync_source(self) -> SyncSource:
-        # ON_DEMAND answers our own requests (a backfill walk); the rest is the phone's push
-        return SyncSource.BACKFILL if self.sync_type is HistorySyncType.ON_DEMAND else SyncSource.HISTORY_SYNC
-
 
 # --- session events -------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import pytest
 
 from wasync.actors.policy.backfill import (
     DAY_MS, ON_DEMAND_MAX, AutoRules, BackfillRules, Leg, RecentRules, ThreadTask, backfill_plan, by_recency,
-    connect_delay_s, leg_over, page_size, pick_auto_backfills, pick_recent_syncs, recent_sync_plan, repair_due,
+    connect_delay_s, later_times, leg_over, page_size, pick_auto_backfills, pick_recent_syncs, recent_sync_plan, repair_due,
     skip_reason,
 )
 from wasync.runtime.account import JobTimes
@@ -428,3 +428,24 @@ def test_pages_of_a_budget_add_up_to_it():
             if leg_over(leg, n, n, fetched, False) is not None:
                 break
         assert sum(asks) == budget and max(asks) <= page, (budget, page, asks)
+
+
+# --- later_times: a read that predates a run that just ended ----------------------------------
+
+
+@pytest.mark.parametrize("known, stored, expected", [
+    (None, JobTimes(last_auto_backfill_ms=5), JobTimes(last_auto_backfill_ms=5)),
+    # the run here ended after the read: its times and verdict stand
+    (JobTimes(last_auto_backfill_ms=9, last_auto_backfill_ok=True), JobTimes(last_auto_backfill_ms=5,
+                                                                               last_auto_backfill_ok=False),
+     JobTimes(last_auto_backfill_ms=9, last_auto_backfill_ok=True)),
+    # another instance ran it since: the store's newer run wins, verdict included
+    (JobTimes(last_auto_backfill_ms=5, last_auto_backfill_ok=True), JobTimes(last_auto_backfill_ms=9,
+                                                                               last_auto_backfill_ok=False),
+     JobTimes(last_auto_backfill_ms=9, last_auto_backfill_ok=False)),
+    # field by field: the newer of each
+    (JobTimes(last_recent_sync_ms=7, last_auto_repair_ms=1), JobTimes(last_recent_sync_ms=3, last_auto_repair_ms=4),
+     JobTimes(last_recent_sync_ms=7, last_auto_repair_ms=4)),
+], ids=["nothing-known", "ours-newer", "stored-newer", "per-field"])
+def test_later_times(known, stored, expected):
+    assert later_times(known, stored) == expected

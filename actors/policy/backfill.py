@@ -70,6 +70,21 @@ def pick_recent_syncs(candidates: Iterable[tuple[str, JobTimes]], now_ms: int, i
     return [a for _, _, a in sorted(due)[:slots]]
 
 
+def later_times(known: Optional[JobTimes], stored: JobTimes) -> JobTimes:
+    """The job times as read from the store, unless what ran here since is newer (a read
+    may predate the write of a run that just ended)."""
+    if known is None:
+        return stored
+    pick = {}
+    for name in ("last_auto_backfill_ms", "last_auto_backfill_attempt_ms", "last_auto_backfill_success_ms",
+                 "last_recent_sync_ms", "last_auto_repair_ms"):
+        a, b = getattr(known, name), getattr(stored, name)
+        pick[name] = b if a is None or (b is not None and b >= a) else a
+    newer_attempt = (stored.last_auto_backfill_ms or 0) >= (known.last_auto_backfill_ms or 0)
+    pick["last_auto_backfill_ok"] = stored.last_auto_backfill_ok if newer_attempt else known.last_auto_backfill_ok
+    return JobTimes(**pick)
+
+
 def connect_delay_s(rng: random.Random) -> float:
     """How long after a connect the account's backfill starts."""
     return rng.uniform(*CONNECT_DELAY_S)
