@@ -40,7 +40,10 @@ from wasync.runtime.transport.session import (
 
 log = logging.getLogger("wasync.http")
 
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/diag", "/metrics"})
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/diag", "/metrics", "/openapi.json"})
+# The admin page's shell and assets hold no data (every datum comes from the admin API,
+# with the token the page keeps in the browser session), so they load without a token.
+PUBLIC_PREFIXES = ("/admin",)
 ADMIN_TIMEOUT_S = 5.0  # how long an admin request waits for the daemon
 MAX_BODY_BYTES = 64 * 1024  # admin bodies are tiny; refuse anything bigger early
 BRIDGE_WORKERS = 8  # a few slow calls (pairing by code) must not hold every admin request
@@ -121,12 +124,16 @@ async def error_middleware(request: web.Request, handler):
         return error_response(500, "internal_error", "internal error; see the daemon log for this request id")
 
 
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or any(path == p or path.startswith(p + "/") for p in PUBLIC_PREFIXES)
+
+
 def _auth_middleware(admin_token: Optional[str]):
     expected = admin_token.encode() if admin_token else None
 
     @web.middleware
     async def auth_middleware(request: web.Request, handler):
-        if expected is None or request.path in PUBLIC_PATHS:
+        if expected is None or is_public(request.path):
             return await handler(request)
         challenge = {"WWW-Authenticate": 'Bearer realm="wasync"'}
         header = request.headers.get("Authorization", "")
@@ -164,10 +171,12 @@ def create_app(control: DaemonControl, settings: Settings, metrics: Metrics, *,
 
     # Imported here, not at the top: route modules are leaves that import http.common.
     from wasync.http.routes import (
-        account_health, accounts, backfill, dashboard, debug, health, instances, metrics as metrics_routes, pairing,
+        account_health, accounts, admin_page, backfill, dashboard, debug, health, instances, metrics as metrics_routes,
+        pairing,
     )
 
-    for module in (health, metrics_routes, accounts, pairing, account_health, dashboard, instances, backfill):
+    for module in (health, metrics_routes, accounts, pairing, account_health, dashboard, instances, backfill,
+                   admin_page):
         app.add_routes(module.routes)
     if settings.debug_faults:
         app.add_routes(debug.routes)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import re
-import secrets
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
@@ -52,10 +51,6 @@ def check_phone(value: Any) -> str:
         raise BadAccount("invalid_phone", "phone must be 5-20 digits (an optional leading +, spaces and "
                                           "dashes are ignored)")
     return digits
-
-
-def new_account_id() -> str:
-    return "acc_" + secrets.token_hex(4)
 
 
 # --- the stored record and changes to it ---------------------------------------------------

@@ -53,9 +53,12 @@ class DaemonControl(Protocol):
     def list_accounts(self) -> list[dict]:
         """The stored account documents (http/views.py lays the live state over them)."""
 
+    def get_account(self, account_id: str) -> dict:
+        """The stored account document. Raises UnknownAccount."""
+
     def add_account(self, account_id: str, phone: Optional[str]) -> dict:
         """Register an account and start it (pairing if it has no session). Raises
-        AccountExists. Returns the account document."""
+        AccountExists, or store.base.PhoneInUse. Returns the account document."""
 
     def remove_account(self, account_id: str) -> None:
         """Stop its session and forget the account. Raises UnknownAccount."""
@@ -100,6 +103,12 @@ class SystemControl:
 
     def list_accounts(self) -> list[dict]:
         return self.store.list_accounts()
+
+    def get_account(self, account_id: str) -> dict:
+        doc = self.store.get_account(account_id)
+        if doc is None:
+            raise UnknownAccount(account_id)
+        return doc
 
     def add_account(self, account_id: str, phone: Optional[str]) -> dict:
         if not self.store.create_account(account_id, phone, self.clock.wall_ms()):

@@ -68,6 +68,13 @@ class StoreControl:
             raise AccountExists(account_id)
         return self.store.get_account(account_id)
 
+    def get_account(self, account_id: str) -> dict:
+        self._enter("get", account_id)
+        doc = self.store.get_account(account_id)
+        if doc is None:
+            raise UnknownAccount(account_id)
+        return doc
+
     def remove_account(self, account_id: str) -> None:
         self._enter("remove", account_id)
         if not self.store.delete_account(account_id):
@@ -169,6 +176,7 @@ def test_diag_fields(control):
         diag = await resp.json()
         assert (diag["ready"], diag["mode"], diag["instanceId"]) == (True, "active", "inst-test")
         assert diag["firestoreConnected"] is True and diag["store"]["name"] == "sqlite"
+        assert diag["storeKind"] == "sqlite"
         assert diag["spool"] == {"depth": 0, "oldestAgeMs": None}
         assert diag["latestRealtime"] == []
         assert diag["accounts"] == {"total": 2, "byStatus": {"connected": 1, "pairing": 1}}
@@ -333,14 +341,41 @@ def test_add_list_remove_accounts(control):
     serve(control, body)
 
 
-def test_add_generates_an_id_when_missing(control):
+def test_add_requires_an_id(control):
     async def body(client):
-        ids = []
-        for kwargs in ({"json": {}}, {"data": b""}, {"json": {"phone": "4915112345678"}}, {"json": {"accountId": None}}):
-            resp = await client.post(ACCOUNTS, headers=AUTH, **kwargs)
-            assert resp.status == 201, await resp.text()
-            ids.append((await resp.json())["account"]["accountId"])
-        assert all(re.fullmatch(r"acc_[0-9a-f]{8}", i) for i in ids) and len(set(ids)) == 4
+        for kwargs in ({"json": {}}, {"data": b""}, {"json": {"phone": "4915112345678"}}):
+            await error_of(await client.post(ACCOUNTS, headers=AUTH, **kwargs), 400, "missing_field")
+        await error_of(await client.post(ACCOUNTS, headers=AUTH, json={"accountId": None}), 400,
+                       "invalid_account_id")
+
+    serve(control, body)
+    assert control.calls == []
+
+
+def test_second_account_with_the_same_phone_is_409_naming_the_holder(control):
+    async def body(client):
+        assert (await client.post(ACCOUNTS, headers=AUTH, json={"accountId": "a1", "phone": "15552223333"})).status == 201
+        body = await error_of(await client.post(ACCOUNTS, headers=AUTH,
+                                                json={"accountId": "a2", "phone": "+1 555 222 3333"}),
+                              409, "phone_in_use")
+        assert "a1" in body["error"]["message"]
+        assert control.store.get_account("a2") is None
+
+    serve(control, body)
+
+
+def test_get_one_account(control):
+    control.snap = snapshot(accounts=[AccountState("a1", AccountStatus.CONNECTED, connected=True)])
+
+    async def body(client):
+        assert (await client.post(ACCOUNTS, headers=AUTH, json={"accountId": "a1", "phone": "15552223333"})).status == 201
+        resp = await client.get(f"{ACCOUNTS}/a1", headers=AUTH)
+        assert resp.status == 200
+        account = (await resp.json())["account"]
+        assert (account["accountId"], account["phone"], account["status"], account["connected"]) == (
+            "a1", "15552223333", "connected", True)
+        await error_of(await client.get(f"{ACCOUNTS}/nobody", headers=AUTH), 404, "unknown_account")
+        await error_of(await client.get(f"{ACCOUNTS}/a1"), 401, "unauthorized")
 
     serve(control, body)
 
@@ -368,14 +403,14 @@ BAD_ADDS = [
     (b'{"accountId": "caf\\u00e9"}', "invalid_account_id"),
     (b'{"accountId": 123}', "invalid_account_id"),
     (b'{"accountId": ["a"]}', "invalid_account_id"),
-    (b'{"phone": "555-abc-1234"}', "invalid_phone"),
-    (b'{"phone": "1234"}', "invalid_phone"),
-    (b'{"phone": "' + b"1" * 21 + b'"}', "invalid_phone"),
-    (b'{"phone": "12+345678"}', "invalid_phone"),
-    (b'{"phone": "++15552223333"}', "invalid_phone"),
-    (b'{"phone": ""}', "invalid_phone"),
-    (b'{"phone": 15552223333}', "invalid_phone"),
-    (b'{"phone": "\\u0661\\u0662\\u0663\\u0664\\u0665\\u0666"}', "invalid_phone"),  # Arabic-Indic digits
+    (b'{"accountId": "a1", "phone": "555-abc-1234"}', "invalid_phone"),
+    (b'{"accountId": "a1", "phone": "1234"}', "invalid_phone"),
+    (b'{"accountId": "a1", "phone": "' + b"1" * 21 + b'"}', "invalid_phone"),
+    (b'{"accountId": "a1", "phone": "12+345678"}', "invalid_phone"),
+    (b'{"accountId": "a1", "phone": "++15552223333"}', "invalid_phone"),
+    (b'{"accountId": "a1", "phone": ""}', "invalid_phone"),
+    (b'{"accountId": "a1", "phone": 15552223333}', "invalid_phone"),
+    (b'{"accountId": "a1", "phone": "\\u0661\\u0662\\u0663\\u0664\\u0665\\u0666"}', "invalid_phone"),  # Arabic-Indic digits
 ]
 
 
@@ -391,9 +426,12 @@ def test_bad_add_input_is_400_and_never_reaches_the_daemon(control, raw, code):
 
 def test_phone_normalization_accepts_common_spellings(control):
     async def body(client):
+        statuses = []
         for n, phone in enumerate(["+49 151 1234 5678", "49-151-12345678", " 4915112345678 ", "12345"]):
             resp = await client.post(ACCOUNTS, headers=AUTH, json={"accountId": f"p{n}", "phone": phone})
-            assert resp.status == 201, await resp.text()
+            statuses.append(resp.status)
+        # One number spelled three ways: the later spellings name the same phone (409).
+        assert statuses == [201, 409, 409, 201]
 
     serve(control, body)
     assert [c[2] for c in control.calls] == ["4915112345678"] * 3 + ["12345"]

@@ -5,7 +5,7 @@ import pytest
 
 from store_fixtures import T0, edit, msg, out, receipt, revoke
 from wasync.runtime.model import MessageStatus, MessageType, ReceiptKind, SyncSource, ThreadUpdate, thread_id
-from wasync.runtime.store.base import DryRunStore, Fence, OutboxItem, StaleFence
+from wasync.runtime.store.base import DryRunStore, Fence, OutboxItem, PhoneInUse, StaleFence
 from wasync.runtime.account import AccountPatch, AccountRecord, HistorySyncResult, HistorySyncUpdate, Repair
 from wasync.runtime.model import AccountStatus
 from wasync.runtime.store.schema import BadCursor, to_api
@@ -200,6 +200,21 @@ def test_accounts_create_update_list_and_delete(store):
     assert [a["accountId"] for a in store.list_accounts()] == ["acct1"]
     assert store.delete_account("acct1") is True
     assert store.get_account("acct1") is None and store.delete_account("acct1") is False
+
+
+def test_an_account_per_phone(store):
+    assert store.create_account("acct1", "15550001111", NOW) is True
+    with pytest.raises(PhoneInUse) as refused:
+        store.create_account("acct2", "15550001111", NOW)
+    assert refused.value.holder == "acct1" and store.get_account("acct2") is None
+    # A phone learnt at pairing counts too; an account without a phone never conflicts.
+    assert store.create_account("acct3", None, NOW) is True
+    store.update_account("acct3", AccountPatch(phone="15550003333"), NOW)
+    with pytest.raises(PhoneInUse):
+        store.create_account("acct4", "15550003333", NOW)
+    assert store.create_account("acct5", None, NOW) is True
+    assert store.delete_account("acct1")
+    assert store.create_account("acct2", "15550001111", NOW) is True  # free again once removed
 
 
 def test_history_chunks_are_counted_once_however_often_they_are_replayed(store):

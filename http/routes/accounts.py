@@ -1,4 +1,4 @@
-"""Admin: /api/whatsapp/accounts — list, add (starts pairing), remove.
+"""Admin: /api/whatsapp/accounts — list, read one, add (starts pairing), remove.
 
 Input is validated here, completely, before anything reaches the daemon (SPEC §4: bad
 input never reaches WhatsApp or the store). Calls into the daemon may block, so they go
@@ -14,8 +14,8 @@ from wasync.http import views
 from wasync.http.common import (
     CONTROL, ApiError, call_daemon, json_response, normalize_phone, read_json_object, validate_account_id,
 )
-from wasync.runtime.account import new_account_id
 from wasync.runtime.control import AccountExists, UnknownAccount
+from wasync.runtime.store.base import PhoneInUse
 
 ADD_FIELDS = frozenset({"accountId", "phone"})
 
@@ -27,8 +27,11 @@ def parse_add(body: dict) -> tuple[str, Optional[str]]:
     if unknown:
         raise ApiError(400, "unknown_field", "unknown field(s): " + ", ".join(unknown)
                        + "; allowed: accountId, phone")
-    account_id = body.get("accountId")
-    account_id = new_account_id() if account_id is None else validate_account_id(account_id)
+    if "accountId" not in body:
+        # Ids are the operator's: the inbox app and the Firestore paths name accounts by
+        # them, so a generated one nobody asked for would be a mistake to clean up later.
+        raise ApiError(400, "missing_field", "accountId is required (1-64 characters of A-Z a-z 0-9 _ -)")
+    account_id = validate_account_id(body["accountId"])
     phone = body.get("phone")
     return account_id, None if phone is None else normalize_phone(phone)
 
@@ -49,7 +52,19 @@ async def add_account(request: web.Request) -> web.Response:
         account = await call_daemon(request, request.app[CONTROL].add_account, account_id, phone)
     except AccountExists:
         raise ApiError(409, "account_exists", f"account {account_id} already exists") from None
+    except PhoneInUse as exc:
+        raise ApiError(409, "phone_in_use", f"phone {exc.phone} belongs to account {exc.holder}: one WhatsApp "
+                                            "session cannot run as two accounts (they would knock each other "
+                                            "offline); remove that account first") from None
     return json_response({"success": True, "account": account}, status=201)
+
+
+@routes.get("/api/whatsapp/accounts/{accountId}")
+async def get_account(request: web.Request) -> web.Response:
+    account_id = validate_account_id(request.match_info["accountId"])
+    control = request.app[CONTROL]
+    doc = await call_daemon(request, control.get_account, account_id)
+    return json_response({"success": True, "account": views.one(account_id, doc, control.snapshot()).document()})
 
 
 @routes.delete("/api/whatsapp/accounts/{accountId}")

@@ -52,8 +52,10 @@ async def diag(request: web.Request) -> web.Response:
         "ready": snap.ready,
         "mode": snap.mode,
         "instanceId": snap.instance_id,
-        # Name kept from the old backend's /diag; true for whichever store is configured.
+        # Name kept from the old backend's /diag (the inbox app reads it): true when the
+        # configured store answers, whichever it is; `storeKind` says which.
         "firestoreConnected": snap.store.connected,
+        "storeKind": snap.store.name,
         "store": store_json(snap.store),
         "spool": {"depth": snap.spool_depth, "oldestAgeMs": snap.spool_oldest_age_ms},
         "accounts": {"total": len(snap.accounts), "byStatus": dict(sorted(by_status.items()))},

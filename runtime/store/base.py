@@ -44,6 +44,15 @@ class NotFound(StoreError):
     pass
 
 
+class PhoneInUse(Exception):
+    """An account for this phone exists already: a second one would fight it for the
+    session (WhatsApp keeps one socket per linked device: StreamReplaced, back and forth)."""
+
+    def __init__(self, phone: str, holder: str):
+        super().__init__(f"phone {phone} belongs to account {holder} already")
+        self.phone, self.holder = phone, holder
+
+
 @dataclass(frozen=True)
 class Lease:
     """`leases/{accountId}`: who runs the account's socket, under which fencing epoch."""
@@ -157,7 +166,9 @@ class Store(Protocol):
         """Every account document, in the JSON shape the API returns."""
     def list_account_records(self) -> list[AccountRecord]: ...
     def create_account(self, account_id: str, phone: Optional[str], now_ms: int) -> bool:
-        """A new account (pairing, or resuming `phone`'s session); False if it exists."""
+        """A new account (pairing, or resuming `phone`'s session); False if it exists.
+        Raises PhoneInUse when another account has `phone` (checked in the same
+        transaction as the create)."""
     def update_account(self, account_id: str, patch: AccountPatch, now_ms: int,
                        fence: Optional[Fence] = None) -> bool:
         """Apply `patch`; False (and nothing written) if the account does not exist: a

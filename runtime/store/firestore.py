@@ -22,7 +22,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from wasync.runtime.account import AccountPatch, AccountRecord
 from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, ThreadUpdate, thread_id
-from wasync.runtime.store.base import Fence, Page, WriteResult
+from wasync.runtime.store.base import Fence, Page, PhoneInUse, WriteResult
 from wasync.runtime.store.firestore_history import HISTORY_READERS, FirestoreHistory
 from wasync.runtime.store.firestore_wire import emulator_client, fast_set, service_account_credentials
 from wasync.runtime.store.firestore_tx import OwnershipOps, call_options, check_fence, run_tx, store_errors, tx_read
@@ -399,12 +399,29 @@ class FirestoreStore(OwnershipOps, FirestoreHistory):
 
     @store_errors
     def create_account(self, account_id: str, phone: Optional[str], now_ms: int) -> bool:
-        try:
-            self._db.document(ACCOUNTS, account_id).create(
-                schema.new_account_doc(account_id, phone, ms_to_dt(now_ms)), **self._write)
+        ref = self._db.document(ACCOUNTS, account_id)
+        doc = schema.new_account_doc(account_id, phone, ms_to_dt(now_ms))
+        if phone is None:
+            try:
+                ref.create(doc, **self._write)
+                return True
+            except gexc.AlreadyExists:
+                return False
+        same_phone = self._db.collection(ACCOUNTS).where(filter=firestore.FieldFilter("phone", "==", phone)).limit(1)
+
+        def body(tx) -> bool:
+            # The query and the read run in the transaction: two adds of one phone at once
+            # cannot both find it free.
+            (stored,) = tx_read(self._db, tx, ref)
+            if stored is not None:
+                return False
+            holder = next(iter(same_phone.stream(transaction=tx)), None)
+            if holder is not None:
+                raise PhoneInUse(phone, holder.id)
+            tx.create(ref, doc)
             return True
-        except gexc.AlreadyExists:
-            return False
+
+        return run_tx(self._db, body)
 
     @store_errors
     def update_account(self, account_id: str, patch: AccountPatch, now_ms: int,

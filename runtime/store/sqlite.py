@@ -25,7 +25,7 @@ from wasync.runtime.account import AccountPatch, AccountRecord
 from wasync.runtime.backfill import RepairResult, ThreadHistory
 from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, ThreadUpdate, thread_id
 from wasync.runtime.store import history, schema
-from wasync.runtime.store.base import BadData, Fence, Page, StoreError, WriteResult
+from wasync.runtime.store.base import BadData, Fence, Page, PhoneInUse, StoreError, WriteResult
 from wasync.runtime.store.schema import merge_message, ms_to_dt, to_api
 from wasync.runtime.store.sqlite_codec import decode, encode, plain
 from wasync.runtime.store.sqlite_tx import SqliteOwnership
@@ -440,6 +440,11 @@ class SqliteStore(SqliteOwnership):
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM accounts WHERE account_id = ?", (account_id,)).fetchone():
                 return False
+            if phone is not None:
+                holder = conn.execute("SELECT account_id FROM accounts WHERE json_extract(doc, '$.phone') = ? "
+                                      "LIMIT 1", (phone,)).fetchone()
+                if holder:
+                    raise PhoneInUse(phone, holder[0])
             self._put_account(conn, account_id, schema.new_account_doc(account_id, phone, ms_to_dt(now_ms)))
             return True
 
