@@ -123,6 +123,10 @@ class Message:
     played_at_ms: Optional[int] = None
     quoted_message_id: Optional[str] = None
     is_group: bool = False
+    # Sent through our outbox (runtime/outbox.py): its item, where it is, and why it failed.
+    outbox_id: Optional[str] = None
+    outbox_status: Optional[str] = None
+    send_error: Optional[str] = None
 
     @property
     def thread_id(self) -> str:

@@ -20,7 +20,8 @@ from wasync.runtime.account import AccountPatch, HistorySyncResult, HistorySyncU
 from wasync.runtime.model import (
     AccountStatus, MessageStatus, MessageType, ReceiptKind, SyncSource, ThreadUpdate, thread_id,
 )
-from wasync.runtime.store.base import Fence, OutboxItem, StoreError
+from wasync.runtime.outbox import Claim, OutboxItem
+from wasync.runtime.store.base import Fence, StoreError
 from wasync.runtime.store.firestore import FirestoreStore
 from wasync.runtime.store.firestore_wire import fast_set, write_pb
 from wasync.runtime.store.schema import ms_to_dt
@@ -297,19 +298,25 @@ def test_released_job_lock_of_a_deleted_account_does_not_revive_it(store, db):
 
 
 def test_outbox_document(store, db):
-    store.enqueue_outbox(OutboxItem(id="o1", account_id="acct1", to_jid=CHAT, text="hello", created_at_ms=NOW))
+    store.enqueue_outbox(OutboxItem(id="o1", account_id="acct1", to_jid=CHAT, text="hello", created_at_ms=NOW,
+                                    client_message_id="k1"), NOW)
     doc = read(db, "outbox", "o1")
     assert doc == {"id": "o1", "accountId": "acct1", "to": CHAT, "text": "hello", "status": "queued",
-                   "attempts": 0, "claimedBy": None, "claimEpoch": None, "waMessageId": None, "error": None,
-                   "createdAtMs": NOW, "updatedAt": ms_to_dt(NOW)}
+                   "clientMessageId": "k1", "attempts": 0, "nextAttemptAtMs": 0, "claimedBy": None,
+                   "claimEpoch": None, "claimId": None, "waMessageId": None, "sentAtMs": None, "error": None,
+                   "createdAtMs": NOW, "updatedAtMs": None}
     lease = store.acquire_lease("acct1", "i1", None, NOW, 15_000)
-    fence = Fence("i1", lease.epoch)
-    store.claim_outbox("acct1", fence, NOW + 1)
+    store.claim_outbox("acct1", Claim("i1", lease.epoch, "c1"), NOW + 1, 10, resend_safe=True)
     doc = read(db, "outbox", "o1")
-    assert (doc["status"], doc["claimedBy"], doc["claimEpoch"], doc["attempts"]) == ("sending", "i1", 1, 1)
-    store.complete_outbox("o1", fence, "3EB0SENT", NOW + 2)
+    assert (doc["status"], doc["claimedBy"], doc["claimEpoch"], doc["claimId"], doc["attempts"]) == (
+        "sending", "i1", 1, "c1", 1)
+    store.record_outbox_sent("o1", "3EB0SENT", NOW + 2, NOW + 3)
     doc = read(db, "outbox", "o1")
-    assert (doc["status"], doc["waMessageId"], doc["updatedAt"]) == ("sent", "3EB0SENT", ms_to_dt(NOW + 2))
+    assert (doc["status"], doc["waMessageId"], doc["sentAtMs"], doc["updatedAtMs"]) == ("sent", "3EB0SENT", NOW + 2,
+                                                                                          NOW + 3)
+    assert read(db, "threads", TID, "messages", "o1") is None
+    sent = read(db, "threads", TID, "messages", "3EB0SENT")
+    assert (sent["status"], sent["syncSource"], sent["outboxId"], sent["body"]) == ("sent", "outbox", "o1", "hello")
 
 
 # --- encoding, settings, failures -------------------------------------------------------------

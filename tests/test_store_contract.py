@@ -1,11 +1,15 @@
 """The Store contract: the same tests against SqliteStore and FirestoreStore (emulator)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from store_fixtures import T0, edit, msg, out, receipt, revoke
 from wasync.runtime.model import MessageStatus, MessageType, ReceiptKind, SyncSource, ThreadUpdate, thread_id
-from wasync.runtime.store.base import DryRunStore, Fence, OutboxItem, PhoneInUse, StaleFence
+from wasync.runtime import outbox
+from wasync.runtime.outbox import Claim, Decision, OutboxConflict, OutboxItem, OutboxStatus
+from wasync.runtime.store.base import DryRunStore, Fence, PhoneInUse, StaleFence
 from wasync.runtime.account import AccountPatch, AccountRecord, HistorySyncResult, HistorySyncUpdate, Repair
 from wasync.runtime.model import AccountStatus
 from wasync.runtime.store.schema import BadCursor, to_api
@@ -357,29 +361,110 @@ def test_job_lock_with_stale_fence(store):
 # --- outbox ---------------------------------------------------------------------------
 
 
-def test_outbox_claim_complete_fail(store):
-    lease = store.acquire_lease("acct1", "i1", None, NOW, 15_000)
-    fence = Fence("i1", lease.epoch)
+def item(n: int, **kw) -> OutboxItem:
+    return OutboxItem(id=f"3EB0OUT{n:02d}", account_id="acct1", to_jid=CHAT, text=f"t{n}", created_at_ms=NOW + n, **kw)
+
+
+def owned(store, holder="i1", claim_id="c1", at=NOW) -> Claim:
+    lease = store.acquire_lease("acct1", holder, store.get_lease("acct1"), at, 15_000)
+    return Claim(holder, lease.epoch, claim_id)
+
+
+def test_outbox_enqueue_stores_the_queued_message_once(store):
+    stored, created = store.enqueue_outbox(item(0), NOW)
+    assert created and stored == item(0)
+    again, created = store.enqueue_outbox(replace(item(0), text="x"), NOW)
+    assert not created and again.text == "t0"  # the stored item, untouched
+    doc = store.get_message("acct1", CHAT, "3EB0OUT00")
+    assert (doc["status"], doc["syncSource"], doc["direction"], doc["body"], doc["outboxStatus"]) == (
+        "queued", "outbox", "outbound", "t0", "queued")
+    assert store.list_threads("acct1").items[0]["lastMessageId"] == "3EB0OUT00"
+    assert doc["outboxId"] == "3EB0OUT00"
+
+
+def test_outbox_claim_takes_due_items_in_order_under_the_lease(store):
+    claim = owned(store)
     for n in range(3):
-        store.enqueue_outbox(OutboxItem(id=f"o{n}", account_id="acct1", to_jid=CHAT, text=f"t{n}",
-                                        created_at_ms=NOW + n))
-    dup = store.enqueue_outbox(OutboxItem(id="o0", account_id="acct1", to_jid=CHAT, text="changed",
-                                          created_at_ms=NOW))
-    assert dup.text == "t0"
-    claimed = store.claim_outbox("acct1", fence, NOW, limit=2)
-    assert [i.id for i in claimed] == ["o0", "o1"] and all(i.status == "sending" for i in claimed)
-    assert [i.id for i in store.claim_outbox("acct1", fence, NOW, limit=5)] == ["o2"]
-    assert store.claim_outbox("acct1", fence, NOW) == []  # nothing is claimed twice
-    store.complete_outbox("o0", fence, "3EB0SENT", NOW)
-    store.fail_outbox("o1", fence, "invalid recipient", NOW)
-    assert store.get_outbox("o0").status == "sent" and store.get_outbox("o0").wa_message_id == "3EB0SENT"
-    assert store.get_outbox("o1").status == "failed" and store.get_outbox("o1").error == "invalid recipient"
-    store.acquire_lease("acct1", "i2", store.get_lease("acct1"), NOW + 20_000, 15_000)
+        store.enqueue_outbox(item(n), NOW)
+    taken = store.claim_outbox("acct1", claim, NOW, 2, resend_safe=False)
+    assert [i.id for i in taken] == ["3EB0OUT00", "3EB0OUT01"]
+    assert all((i.status, i.attempts, i.claim_id, i.claim_epoch) == (OutboxStatus.SENDING, 1, "c1", claim.epoch)
+               for i in taken)
+    assert [i.id for i in store.claim_outbox("acct1", claim, NOW, 5, resend_safe=False)] == ["3EB0OUT02"]
+    assert store.claim_outbox("acct1", claim, NOW, 5, resend_safe=False) == []  # nothing twice to one claim
+    # Retried later: not due before its time.
+    store.settle_outbox("3EB0OUT02", claim, outbox.retry(store.get_outbox("3EB0OUT02"), "not connected", NOW), NOW)
+    assert store.get_outbox("3EB0OUT02").status is OutboxStatus.QUEUED
+    assert store.claim_outbox("acct1", claim, NOW + 1000, 5, resend_safe=False) == []
+    assert [i.id for i in store.claim_outbox("acct1", claim, NOW + 2000, 5, resend_safe=False)] == ["3EB0OUT02"]
+    # Another instance took the lease: this claim is stale everywhere.
+    owned(store, "i2", "c2", at=NOW + 20_000)
     with pytest.raises(StaleFence):
-        store.complete_outbox("o2", fence, "3EB0LATE", NOW)
+        store.claim_outbox("acct1", claim, NOW, 5, resend_safe=False)
     with pytest.raises(StaleFence):
-        store.claim_outbox("acct1", fence, NOW)
-    assert store.get_outbox("o2").status == "sending"
+        store.settle_outbox("3EB0OUT00", Claim("i1", claim.epoch, "c9"), outbox.give_up(
+            store.get_outbox("3EB0OUT00"), OutboxStatus.FAILED, "x", NOW), NOW)
+
+
+def test_outbox_orphans_are_resent_only_where_that_is_safe(store):
+    first = owned(store)
+    store.enqueue_outbox(item(0), NOW)
+    store.enqueue_outbox(item(1), NOW)
+    store.claim_outbox("acct1", first, NOW, 5, resend_safe=False)  # ... and the claimer dies
+    after = owned(store, "i2", "c2", at=NOW + 20_000)
+    taken = store.claim_outbox("acct1", after, NOW + 20_000, 1, resend_safe=True)
+    assert [(i.id, i.status, i.attempts, i.claim_id) for i in taken] == [("3EB0OUT00", OutboxStatus.SENDING, 2, "c2")]
+    unsafe = store.claim_outbox("acct1", after, NOW + 20_000, 5, resend_safe=False)
+    assert [(i.id, i.status) for i in unsafe] == [("3EB0OUT01", OutboxStatus.UNKNOWN)]
+    assert "may have been sent" in unsafe[0].error
+    doc = store.get_message("acct1", CHAT, "3EB0OUT01")
+    assert (doc["status"], doc["outboxStatus"]) == ("queued", "unknown") and "may have been sent" in doc["sendError"]
+    assert store.count_outbox() == {"acct1": {"sending": 1, "unknown": 1}}
+    assert [i.id for i in store.list_outbox("acct1", [OutboxStatus.UNKNOWN], 10)] == ["3EB0OUT01"]
+    # An operator decides: resend (queued again) or abandon (failed).
+    assert store.decide_outbox("3EB0OUT01", Decision.RESEND, NOW).status is OutboxStatus.QUEUED
+    with pytest.raises(OutboxConflict):
+        store.decide_outbox("3EB0OUT01", Decision.ABANDON, NOW)
+
+
+def test_outbox_sent_under_our_id_keeps_one_document(store):
+    claim = owned(store)
+    store.enqueue_outbox(item(0), NOW)
+    store.claim_outbox("acct1", claim, NOW, 5, resend_safe=True)
+    store.apply_receipts([receipt(ids=["3EB0OUT00"], kind=ReceiptKind.DELIVERED, ts=NOW + 500)], NOW)
+    done = store.record_outbox_sent("3EB0OUT00", "3EB0OUT00", NOW + 100, NOW + 200)
+    assert (done.status, done.wa_message_id) == (OutboxStatus.SENT, "3EB0OUT00")
+    assert store.record_outbox_sent("3EB0OUT00", "3EB0OUT00", NOW + 100, NOW + 300) == done  # idempotent
+    page = store.list_messages("acct1", TID)
+    assert [(m["id"], m["status"], m["outboxStatus"]) for m in page.items] == [("3EB0OUT00", "delivered", "sent")]
+
+
+def test_outbox_sent_under_whatsapps_id_replaces_the_queued_document(store):
+    claim = owned(store)
+    store.upsert_messages([msg(id="OLD", ts=T0)], NOW)
+    store.enqueue_outbox(item(0), NOW)
+    store.claim_outbox("acct1", claim, NOW, 5, resend_safe=False)
+    # A receipt for WhatsApp's id may come before we record it.
+    store.apply_receipts([receipt(ids=["3EB0WA"], kind=ReceiptKind.READ, ts=NOW + 900)], NOW)
+    store.record_outbox_sent("3EB0OUT00", "3EB0WA", NOW - 400, NOW + 1000)  # WhatsApp's clock: a bit behind
+    store.flush()
+    ids = [(m["id"], m.get("status"), m.get("outboxId")) for m in store.list_messages("acct1", TID).items]
+    assert ids == [("3EB0WA", "read", "3EB0OUT00"), ("OLD", None, None)]
+    thread = store.list_threads("acct1").items[0]
+    assert (thread["lastMessageId"], thread["lastMessagePreview"]) == ("3EB0WA", "t0")
+    assert store.get_outbox("3EB0OUT00").message_id == "3EB0WA"
+
+
+def test_outbox_failures_say_why_on_the_message(store):
+    claim = owned(store)
+    store.enqueue_outbox(item(0), NOW)
+    (taken,) = store.claim_outbox("acct1", claim, NOW, 5, resend_safe=False)
+    store.settle_outbox(taken.id, claim, outbox.give_up(taken, OutboxStatus.FAILED, "not on WhatsApp", NOW), NOW)
+    doc = store.get_message("acct1", CHAT, taken.id)
+    assert (doc["status"], doc["outboxStatus"], doc["sendError"]) == ("failed", "failed", "not on WhatsApp")
+    assert store.count_outbox() == {}
+    with pytest.raises(StaleFence):  # settled: the claim holds it no more
+        store.settle_outbox(taken.id, claim, taken, NOW)
 
 
 # --- dry run --------------------------------------------------------------------------

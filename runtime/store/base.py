@@ -21,6 +21,7 @@ from typing import Any, Optional, Protocol, Sequence
 from wasync.runtime.account import AccountPatch, AccountRecord
 from wasync.runtime.backfill import RepairResult, ThreadHistory
 from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, ThreadUpdate
+from wasync.runtime.outbox import Claim, Decision, OutboxItem, OutboxStatus
 
 
 class StoreError(RuntimeError):
@@ -96,21 +97,6 @@ class WriteResult:
 class Page:
     items: list[dict]
     next_cursor: Optional[str]
-
-
-@dataclass(frozen=True)
-class OutboxItem:
-    id: str
-    account_id: str
-    to_jid: str
-    text: str
-    created_at_ms: int
-    status: str = "queued"  # queued | sending | sent | failed
-    attempts: int = 0
-    claimed_by: Optional[str] = None
-    claim_epoch: Optional[int] = None
-    wa_message_id: Optional[str] = None
-    error: Optional[str] = None
 
 
 JOBS = ("backfill", "recent_sync")
@@ -200,12 +186,31 @@ class Store(Protocol):
         """The lock as stored (it may have lapsed: compare expires_at_ms), or None."""
     def release_job_lock(self, job: str, account_id: str, owner: str) -> bool: ...
 
-    # --- outbox ------------------------------------------------------------------------
-    def enqueue_outbox(self, item: OutboxItem) -> OutboxItem: ...
-    def claim_outbox(self, account_id: str, fence: Fence, now_ms: int, limit: int = 10) -> list[OutboxItem]: ...
-    def complete_outbox(self, item_id: str, fence: Fence, wa_message_id: str, now_ms: int) -> None: ...
-    def fail_outbox(self, item_id: str, fence: Fence, reason: str, now_ms: int) -> None: ...
+    # --- outbox (runtime/outbox.py holds the rules; stores apply them atomically) ----------
+    def enqueue_outbox(self, item: OutboxItem, now_ms: int) -> tuple[OutboxItem, bool]:
+        """Store a new item and its queued message document; (stored item, created). An
+        item with this id already stored is returned as it is (a repeated clientMessageId)."""
+    def claim_outbox(self, account_id: str, claim: Claim, now_ms: int, limit: int,
+                     resend_safe: bool) -> list[OutboxItem]:
+        """Fenced by the account's lease (StaleFence). Up to `limit` claimable items, oldest
+        first, after `outbox.claim`: `sending` under `claim`, or `unknown` (orphans that
+        cannot be resent safely; the message document says so too)."""
+    def record_outbox_sent(self, item_id: str, wa_message_id: str, ts_ms: int, now_ms: int) -> OutboxItem:
+        """WhatsApp accepted it: the item is `sent` and its message document is the one
+        under `wa_message_id` (the queued document under another id is removed and its
+        thread made to describe its newest message again). Idempotent; not fenced: a fact."""
+    def settle_outbox(self, item_id: str, claim: Claim, outcome: OutboxItem, now_ms: int) -> OutboxItem:
+        """Store `outcome` (outbox.retry or outbox.give_up of the item) if `claim` still
+        holds it (StaleFence otherwise); a failed or unknown item's message says so."""
+    def decide_outbox(self, item_id: str, decision: Decision, now_ms: int) -> OutboxItem:
+        """An operator's word on an unknown or failed item (outbox.decide; OutboxConflict,
+        NotFound)."""
     def get_outbox(self, item_id: str) -> Optional[OutboxItem]: ...
+    def list_outbox(self, account_id: str, statuses: Sequence[OutboxStatus], limit: int) -> list[OutboxItem]:
+        """The account's items in these states, oldest first."""
+    def count_outbox(self) -> dict[str, dict[str, int]]:
+        """account -> {status: n} for the items waiting for WhatsApp or an operator
+        (queued, sending, unknown): what the dashboard shows."""
 
     # --- housekeeping ------------------------------------------------------------------
     def ping(self) -> bool: ...

@@ -26,7 +26,7 @@ from wasync.runtime.store.base import Fence, Page, PhoneInUse, WriteResult
 from wasync.runtime.store.firestore_history import HISTORY_READERS, FirestoreHistory
 from wasync.runtime.store.firestore_wire import emulator_client, fast_set, service_account_credentials
 from wasync.runtime.store.firestore_tx import OwnershipOps, call_options, check_fence, run_tx, store_errors, tx_read
-from wasync.runtime.store import schema
+from wasync.runtime.store import history, schema
 from wasync.runtime.store.schema import (
     ACCOUNTS, LEASES, MESSAGES, PENDING, THREADS, BadCursor, decode_cursor, edit_patch,
     encode_cursor, merge_message, merge_patch, merge_thread, message_doc, ms_to_dt, pending_id, receipt_patch,
@@ -382,6 +382,17 @@ class FirestoreStore(OwnershipOps, FirestoreHistory):
         more, snaps = len(snaps) > limit, snaps[:limit]
         items = [to_api(s.to_dict()) for s in snaps]
         return Page(items=items, next_cursor=encode_cursor(snaps[-1].get(field), snaps[-1].id) if more else None)
+
+    def _drop_message(self, tid: str, message_id: str, now_ms: int) -> None:
+        """Remove one message document and make its thread describe its newest message."""
+        self._message_ref((tid, message_id)).delete(**self._write)
+        self._flush_threads(lambda t: t == tid)
+        snap = self._thread_ref(tid).get(**self._read)
+        newest = self._bound(tid, DESC)
+        if snap.exists and newest is not None:
+            fixes, _ = history.plan_repair([(tid, snap.to_dict())], {tid: newest})
+            if tid in fixes:
+                self._rewrite(snap, {**fixes[tid], "updatedAt": ms_to_dt(now_ms)})
 
     # --- accounts --------------------------------------------------------------------------
 

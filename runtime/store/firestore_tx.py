@@ -20,7 +20,10 @@ from google.cloud import firestore
 from google.cloud.firestore import FieldFilter
 
 from wasync.runtime.backoff import Backoff
-from wasync.runtime.store.base import JOBS, BadData, Fence, JobLock, Lease, NotFound, OutboxItem, StaleFence, StoreError
+from wasync.runtime import outbox
+from wasync.runtime.model import thread_id
+from wasync.runtime.outbox import Claim, Decision, OutboxItem, OutboxStatus
+from wasync.runtime.store.base import JOBS, BadData, Fence, JobLock, Lease, NotFound, StaleFence, StoreError
 from wasync.runtime.store.schema import (
     ACCOUNTS,
     INSTANCES,
@@ -333,62 +336,122 @@ class OwnershipOps:
         return (self._doc(JOB_LOCK_COLLECTION[job], account_id), self._doc(ACCOUNTS, account_id),
                 self._doc(LEASES, account_id))
 
-    # --- outbox --------------------------------------------------------------------
+    # --- outbox ----------------------------------------------------------------------
+    # The item's state changes in one transaction each (runtime/outbox.py's rules); its
+    # message document follows through upsert_messages (idempotent, status forward), so
+    # pending receipts and the thread documents stay in this store's own hands.
 
     @store_errors
-    def enqueue_outbox(self, item: OutboxItem) -> OutboxItem:
+    def enqueue_outbox(self, item: OutboxItem, now_ms: int) -> tuple[OutboxItem, bool]:
         ref = self._doc(OUTBOX, item.id)
         try:
-            ref.create({**outbox_doc(item), "updatedAt": ms_to_dt(item.created_at_ms)}, **self._write)
-            return item
+            ref.create(outbox_doc(item), **self._write)
         except gexc.Conflict:
-            return outbox_item(ref.get(**self._read).to_dict())
+            return outbox_item(ref.get(**self._read).to_dict()), False
+        try:
+            self.upsert_messages([item.message()], now_ms)
+        except BaseException:
+            # Nothing was promised yet: take the item back rather than leave a message that
+            # the caller was told failed to be accepted, but will be sent.
+            try:
+                ref.delete(**self._write)
+            except Exception:
+                pass  # still queued: its message document is written when it is claimed
+            raise
+        return item, True
+
+    def _outbox_query(self, statuses: Sequence[str], account_id: Optional[str] = None):
+        query = self._db.collection(OUTBOX).where(filter=FieldFilter("status", "in", list(statuses)))
+        if account_id is not None:
+            query = query.where(filter=FieldFilter("accountId", "==", account_id))
+        return query
 
     @store_errors
-    def claim_outbox(self, account_id: str, fence: Fence, now_ms: int, limit: int = 10) -> list[OutboxItem]:
+    def list_outbox(self, account_id: str, statuses: Sequence[OutboxStatus], limit: int) -> list[OutboxItem]:
+        items = [outbox_item(s.to_dict()) for s in
+                 self._outbox_query([x.value for x in statuses], account_id).stream(**self._read)]
+        return sorted(items, key=lambda i: (i.created_at_ms, i.id))[:max(limit, 0)]
+
+    @store_errors
+    def count_outbox(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for snap in (self._outbox_query(["queued", "sending", "unknown"]).select(["accountId", "status"])
+                     .stream(**self._read)):
+            per = counts.setdefault(snap.get("accountId"), {})
+            per[snap.get("status")] = per.get(snap.get("status"), 0) + 1
+        return counts
+
+    @store_errors
+    def claim_outbox(self, account_id: str, claim: Claim, now_ms: int, limit: int,
+                     resend_safe: bool) -> list[OutboxItem]:
         lease_ref = self._doc(LEASES, account_id)
-        # Equality filters only: served without a composite index; the queue is short.
-        queued = (self._db.collection(OUTBOX).where(filter=FieldFilter("accountId", "==", account_id))
-                  .where(filter=FieldFilter("status", "==", "queued")))
+        waiting = self._outbox_query(["queued", "sending"], account_id)
 
         def body(tx):
             (lease,) = tx_read(self._db, tx, lease_ref)
-            check_fence(lease, fence, account_id)
-            snaps = list(queued.stream(transaction=tx, **_TX_READ))
-            snaps.sort(key=lambda s: (s.get("createdAtMs"), s.id))
-            claimed = []
-            for snap in snaps[:max(limit, 0)]:
-                change = {"status": "sending", "claimedBy": fence.holder, "claimEpoch": fence.epoch,
-                          "attempts": int(snap.get("attempts") or 0) + 1, "updatedAt": ms_to_dt(now_ms)}
-                tx.update(snap.reference, change)
-                claimed.append(outbox_item({**snap.to_dict(), **change}))
-            return claimed
+            check_fence(lease, Fence(claim.holder, claim.epoch), account_id)
+            items = sorted((outbox_item(s.to_dict()) for s in waiting.stream(transaction=tx, **_TX_READ)),
+                           key=lambda i: (i.created_at_ms, i.id))
+            taken = [outbox.claim(i, claim, now_ms, resend_safe) for i in items
+                     if outbox.claimable(i, claim, now_ms)][:max(limit, 0)]
+            for item in taken:
+                tx.set(self._doc(OUTBOX, item.id), outbox_doc(item))
+            return taken
+
+        taken = run_tx(self._db, body)
+        unknown = [i.message() for i in taken if i.status is OutboxStatus.UNKNOWN]
+        if unknown:
+            self.upsert_messages(unknown, now_ms)
+        return taken
+
+    def _outbox_tx(self, item_id: str, change: Callable[[OutboxItem], OutboxItem]) -> tuple[OutboxItem, OutboxItem]:
+        """(before, after) of one item changed in a transaction; `change` may raise."""
+        ref = self._doc(OUTBOX, item_id)
+
+        def body(tx):
+            (doc,) = tx_read(self._db, tx, ref)
+            if doc is None:
+                raise NotFound(f"outbox item {item_id} does not exist")
+            before = outbox_item(doc)
+            after = change(before)
+            if after is not before:
+                tx.set(ref, outbox_doc(after))
+            return before, after
 
         return run_tx(self._db, body)
 
     @store_errors
-    def complete_outbox(self, item_id: str, fence: Fence, wa_message_id: str, now_ms: int) -> None:
-        self._finish_outbox(item_id, fence, now_ms, {"status": "sent", "waMessageId": wa_message_id})
+    def record_outbox_sent(self, item_id: str, wa_message_id: str, ts_ms: int, now_ms: int) -> OutboxItem:
+        item = self.get_outbox(item_id)
+        if item is None:
+            raise NotFound(f"outbox item {item_id} does not exist")
+        if item.status is OutboxStatus.SENT:
+            return item
+        # The sent message first: an item marked sent always has its document.
+        self.upsert_messages([outbox.sent(item, wa_message_id, ts_ms, now_ms).message()], now_ms)
+        before, done = self._outbox_tx(item_id, lambda i: outbox.sent(i, wa_message_id, ts_ms, now_ms))
+        if done is not before and done.message_id != item.id:  # sent under WhatsApp's id: the queued copy goes
+            self._drop_message(thread_id(item.account_id, item.to_jid), item.id, now_ms)
+        return done
 
     @store_errors
-    def fail_outbox(self, item_id: str, fence: Fence, reason: str, now_ms: int) -> None:
-        self._finish_outbox(item_id, fence, now_ms, {"status": "failed", "error": reason})
+    def settle_outbox(self, item_id: str, claim: Claim, outcome: OutboxItem, now_ms: int) -> OutboxItem:
+        def change(item: OutboxItem) -> OutboxItem:
+            if not outbox.holds(item, claim):
+                raise StaleFence(f"outbox item {item_id} is {item.status.value} under claim {item.claim_id} "
+                                 f"({item.claimed_by}@{item.claim_epoch}), not {claim.claim_id}")
+            return outcome
 
-    def _finish_outbox(self, item_id: str, fence: Fence, now_ms: int, change: dict) -> None:
-        ref = self._doc(OUTBOX, item_id)
+        _, settled = self._outbox_tx(item_id, change)
+        if settled.status is not OutboxStatus.QUEUED:
+            self.upsert_messages([settled.message()], now_ms)
+        return settled
 
-        def body(tx):
-            (item,) = tx_read(self._db, tx, ref)
-            if item is None:
-                raise NotFound(f"outbox item {item_id} does not exist")
-            (lease,) = tx_read(self._db, tx, self._doc(LEASES, item["accountId"]))
-            check_fence(lease, fence, item["accountId"])
-            if item.get("claimEpoch") != fence.epoch or item.get("claimedBy") != fence.holder:
-                raise StaleFence(f"outbox item {item_id} was claimed by "
-                                 f"{item.get('claimedBy')}@{item.get('claimEpoch')}, not {fence.holder}@{fence.epoch}")
-            tx.update(ref, {**change, "updatedAt": ms_to_dt(now_ms)})
-
-        run_tx(self._db, body)
+    @store_errors
+    def decide_outbox(self, item_id: str, decision: Decision, now_ms: int) -> OutboxItem:
+        _, decided = self._outbox_tx(item_id, lambda i: outbox.decide(i, decision, now_ms))
+        self.upsert_messages([decided.message()], now_ms)
+        return decided
 
     @store_errors
     def get_outbox(self, item_id: str) -> Optional[OutboxItem]:

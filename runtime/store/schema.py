@@ -25,7 +25,7 @@ from wasync.runtime.model import (
     later_status,
     thread_id,
 )
-from wasync.runtime.store.base import OutboxItem
+from wasync.runtime.outbox import OutboxItem, OutboxStatus
 
 # Collections (Firestore names; SqliteStore uses the same names for its tables).
 ACCOUNTS = "accounts"
@@ -94,7 +94,8 @@ def message_doc(m: Message) -> dict[str, Any]:
                        ("pushName", m.push_name), ("body", m.body), ("mediaType", m.media_type),
                        ("mediaUrl", m.media_url), ("mediaMimetype", m.media_mimetype),
                        ("mediaFilename", m.media_filename), ("caption", m.caption),
-                       ("quotedMessageId", m.quoted_message_id)):
+                       ("quotedMessageId", m.quoted_message_id), ("outboxId", m.outbox_id),
+                       ("outboxStatus", m.outbox_status), ("sendError", m.send_error)):
         if value is not None:
             doc[key] = value
     if m.status is not None:
@@ -428,16 +429,25 @@ def message_key(account_id: str, chat_jid: str, message_id: str) -> tuple[str, s
 
 # Outbox documents (`outbox/{id}`): OutboxItem attribute -> document field.
 OUTBOX_FIELDS = {"id": "id", "account_id": "accountId", "to_jid": "to", "text": "text",
-                 "created_at_ms": "createdAtMs", "status": "status", "attempts": "attempts",
-                 "claimed_by": "claimedBy", "claim_epoch": "claimEpoch", "wa_message_id": "waMessageId",
-                 "error": "error"}
+                 "created_at_ms": "createdAtMs", "client_message_id": "clientMessageId", "status": "status",
+                 "attempts": "attempts", "next_attempt_at_ms": "nextAttemptAtMs", "claimed_by": "claimedBy",
+                 "claim_epoch": "claimEpoch", "claim_id": "claimId", "wa_message_id": "waMessageId",
+                 "sent_at_ms": "sentAtMs", "error": "error", "updated_at_ms": "updatedAtMs"}
 
 
 def outbox_doc(item: OutboxItem) -> dict:
-    return {doc_key: getattr(item, attr) for attr, doc_key in OUTBOX_FIELDS.items()}
+    doc = {doc_key: getattr(item, attr) for attr, doc_key in OUTBOX_FIELDS.items()}
+    doc["status"] = item.status.value
+    return doc
 
 
 def outbox_item(doc: dict) -> OutboxItem:
-    return OutboxItem(**{attr: doc.get(doc_key) for attr, doc_key in OUTBOX_FIELDS.items()
-                         if doc_key in doc})
+    fields = {attr: doc[doc_key] for attr, doc_key in OUTBOX_FIELDS.items() if doc.get(doc_key) is not None}
+    fields["status"] = OutboxStatus(fields.get("status", "queued"))
+    return OutboxItem(**fields)
+
+
+def outbox_api(item: OutboxItem) -> dict:
+    """An outbox item as the API shows it (document field names)."""
+    return outbox_doc(item)
 

@@ -61,6 +61,8 @@ MIGRATIONS: tuple[str, ...] = (
         created_at_ms INTEGER NOT NULL, doc TEXT NOT NULL) WITHOUT ROWID;
     CREATE INDEX outbox_queue ON outbox (account_id, status, created_at_ms);
     """,
+    # The dashboard counts what waits, across accounts.
+    "CREATE INDEX outbox_waiting ON outbox (status, account_id);",
 )
 
 
@@ -210,30 +212,48 @@ class SqliteStore(SqliteOwnership):
     def upsert_messages(self, messages: Sequence[Message], now_ms: int) -> WriteResult:
         if not messages:
             return WriteResult()
+        with self._write() as conn:
+            return self._upsert(conn, messages, now_ms)
+
+    def _upsert(self, conn, messages: Sequence[Message], now_ms: int) -> WriteResult:
+        """upsert_messages inside the caller's transaction."""
         now = ms_to_dt(now_ms)
         now_plain = plain(now)
         keys = list({(m.thread_id, m.id): None for m in messages})
-        with self._write() as conn:
-            docs = self._load(conn, "messages", "id", "doc", keys)
-            patches = self._load(conn, "pending_updates", "message_id", "patch", keys)
-            newest: dict[str, Message] = {}
-            for m in messages:
-                key = (m.thread_id, m.id)
-                docs[key] = merge_message(docs.get(key), schema.message_doc(m), now)
-                best = newest.get(key[0])
-                if best is None or (m.ts_client_ms, m.id) > (best.ts_client_ms, best.id):
-                    newest[key[0]] = m
-            for key, patch in patches.items():
-                docs[key] = merge_message(docs[key], patch, now)
-            conn.executemany(
-                "INSERT INTO messages (thread_id, id, account_id, ts_client_ms, doc) VALUES (?,?,?,?,?) "
-                "ON CONFLICT (thread_id, id) DO UPDATE SET doc = excluded.doc, ts_client_ms = excluded.ts_client_ms",
-                [(t, i, d["accountId"], d["tsClientMs"], encode(d, now, now_plain)) for (t, i), d in docs.items()],
-            )
-            if patches:
-                conn.executemany("DELETE FROM pending_updates WHERE thread_id = ? AND message_id = ?", list(patches))
-            touched = self._merge_threads(conn, [ThreadUpdate.from_message(m) for m in newest.values()], now)
+        docs = self._load(conn, "messages", "id", "doc", keys)
+        patches = self._load(conn, "pending_updates", "message_id", "patch", keys)
+        newest: dict[str, Message] = {}
+        for m in messages:
+            key = (m.thread_id, m.id)
+            docs[key] = merge_message(docs.get(key), schema.message_doc(m), now)
+            best = newest.get(key[0])
+            if best is None or (m.ts_client_ms, m.id) > (best.ts_client_ms, best.id):
+                newest[key[0]] = m
+        for key, patch in patches.items():
+            docs[key] = merge_message(docs[key], patch, now)
+        conn.executemany(
+            "INSERT INTO messages (thread_id, id, account_id, ts_client_ms, doc) VALUES (?,?,?,?,?) "
+            "ON CONFLICT (thread_id, id) DO UPDATE SET doc = excluded.doc, ts_client_ms = excluded.ts_client_ms",
+            [(t, i, d["accountId"], d["tsClientMs"], encode(d, now, now_plain)) for (t, i), d in docs.items()],
+        )
+        if patches:
+            conn.executemany("DELETE FROM pending_updates WHERE thread_id = ? AND message_id = ?", list(patches))
+        touched = self._merge_threads(conn, [ThreadUpdate.from_message(m) for m in newest.values()], now)
         return WriteResult(messages=len(docs), applied=len(patches), threads=touched)
+
+    def _drop_message(self, conn, tid: str, message_id: str, now_ms: int) -> None:
+        """Remove one message document and make its thread describe its newest message."""
+        conn.execute("DELETE FROM messages WHERE thread_id = ? AND id = ?", (tid, message_id))
+        row = conn.execute("SELECT doc FROM threads WHERE thread_id = ?", (tid,)).fetchone()
+        newest = conn.execute("SELECT id, doc FROM messages WHERE thread_id = ? "
+                              "ORDER BY ts_client_ms DESC, id DESC LIMIT 1", (tid,)).fetchone()
+        if row is None or newest is None:
+            return
+        fixes, _ = history.plan_repair([(tid, decode(row[0]))], {tid: {**decode(newest[1]), "id": newest[0]}})
+        if tid in fixes:
+            doc = {**decode(row[0]), **fixes[tid], "updatedAt": ms_to_dt(now_ms)}
+            conn.execute("UPDATE threads SET doc = ?, last_message_at_ms = ? WHERE thread_id = ?",
+                         (encode(doc), doc["lastMessageAtMs"], tid))
 
     def apply_receipts(self, receipts: Sequence[Receipt], now_ms: int) -> WriteResult:
         patches = []

@@ -8,7 +8,10 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from wasync.runtime.store import schema
-from wasync.runtime.store.base import JOBS, Fence, JobLock, Lease, OutboxItem, StaleFence, StoreError
+from wasync.runtime import outbox
+from wasync.runtime.model import thread_id
+from wasync.runtime.outbox import Claim, Decision, OutboxItem, OutboxStatus
+from wasync.runtime.store.base import JOBS, Fence, JobLock, Lease, NotFound, StaleFence
 from wasync.runtime.store.schema import ms_to_dt, to_api
 from wasync.runtime.store.sqlite_codec import decode, encode
 
@@ -146,54 +149,95 @@ class SqliteOwnership:
             self._put_account(conn, account_id, doc)
 
     # --- outbox ------------------------------------------------------------------
+    # Each verb is one transaction over the outbox row and the item's message document.
 
-    def enqueue_outbox(self, item: OutboxItem) -> OutboxItem:
+    def enqueue_outbox(self, item: OutboxItem, now_ms: int) -> tuple[OutboxItem, bool]:
         with self._write() as conn:
-            row = conn.execute("SELECT doc FROM outbox WHERE id = ?", (item.id,)).fetchone()
-            if row:
-                return schema.outbox_item(decode(row[0]))
+            stored = self._outbox_row(conn, item.id)
+            if stored is not None:
+                return stored, False
             conn.execute("INSERT INTO outbox (id, account_id, status, created_at_ms, doc) VALUES (?,?,?,?,?)",
-                         (item.id, item.account_id, item.status, item.created_at_ms, encode(schema.outbox_doc(item))))
-            return item
+                         (item.id, item.account_id, item.status.value, item.created_at_ms,
+                          encode(schema.outbox_doc(item))))
+            self._upsert(conn, [item.message()], now_ms)
+            return item, True
 
     def get_outbox(self, item_id: str) -> Optional[OutboxItem]:
-        row = self._conn().execute("SELECT doc FROM outbox WHERE id = ?", (item_id,)).fetchone()
-        return schema.outbox_item(decode(row[0])) if row else None
+        return self._outbox_row(self._conn(), item_id)
 
-    def claim_outbox(self, account_id: str, fence: Fence, now_ms: int, limit: int = 10) -> list[OutboxItem]:
+    def list_outbox(self, account_id: str, statuses: Sequence[OutboxStatus], limit: int) -> list[OutboxItem]:
+        marks = ",".join("?" * len(statuses))
+        rows = self._conn().execute(f"SELECT doc FROM outbox WHERE account_id = ? AND status IN ({marks}) "
+                                    "ORDER BY created_at_ms, id LIMIT ?",
+                                    (account_id, *[s.value for s in statuses], limit)).fetchall()
+        return [schema.outbox_item(decode(doc)) for (doc,) in rows]
+
+    def count_outbox(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for account_id, status, n in self._conn().execute(
+                "SELECT account_id, status, COUNT(*) FROM outbox WHERE status IN ('queued', 'sending', 'unknown') "
+                "GROUP BY account_id, status"):
+            counts.setdefault(account_id, {})[status] = n
+        return counts
+
+    def claim_outbox(self, account_id: str, claim: Claim, now_ms: int, limit: int,
+                     resend_safe: bool) -> list[OutboxItem]:
         with self._write() as conn:
-            self._check_fence(conn, account_id, fence)
-            rows = conn.execute("SELECT doc FROM outbox WHERE account_id = ? AND status = 'queued' "
-                                "ORDER BY created_at_ms, id LIMIT ?", (account_id, limit)).fetchall()
-            claimed = []
-            for (doc,) in rows:
-                item = schema.outbox_item(decode(doc))
-                item = OutboxItem(**{**item.__dict__, "status": "sending", "attempts": item.attempts + 1,
-                                     "claimed_by": fence.holder, "claim_epoch": fence.epoch})
-                self._put_outbox(conn, item, now_ms)
-                claimed.append(item)
-            return claimed
+            self._check_fence(conn, account_id, Fence(claim.holder, claim.epoch))
+            rows = conn.execute("SELECT doc FROM outbox WHERE account_id = ? AND status IN ('queued', 'sending') "
+                                "ORDER BY created_at_ms, id", (account_id,)).fetchall()
+            items = [schema.outbox_item(decode(doc)) for (doc,) in rows]
+            taken = [outbox.claim(i, claim, now_ms, resend_safe) for i in items
+                     if outbox.claimable(i, claim, now_ms)][:max(limit, 0)]
+            for item in taken:
+                self._put_outbox(conn, item)
+                if item.status is OutboxStatus.UNKNOWN:
+                    self._upsert(conn, [item.message()], now_ms)
+            return taken
 
-    def complete_outbox(self, item_id: str, fence: Fence, wa_message_id: str, now_ms: int) -> None:
-        self._finish_outbox(item_id, fence, now_ms, status="sent", wa_message_id=wa_message_id)
-
-    def fail_outbox(self, item_id: str, fence: Fence, reason: str, now_ms: int) -> None:
-        self._finish_outbox(item_id, fence, now_ms, status="failed", error=reason)
-
-    def _finish_outbox(self, item_id: str, fence: Fence, now_ms: int, **changes) -> None:
+    def record_outbox_sent(self, item_id: str, wa_message_id: str, ts_ms: int, now_ms: int) -> OutboxItem:
         with self._write() as conn:
-            row = conn.execute("SELECT doc FROM outbox WHERE id = ?", (item_id,)).fetchone()
-            if row is None:
-                raise StoreError(f"outbox item {item_id} does not exist")
-            item = schema.outbox_item(decode(row[0]))
-            self._check_fence(conn, item.account_id, fence)
-            if item.claim_epoch != fence.epoch or item.claimed_by != fence.holder:
-                raise StaleFence(f"outbox item {item_id} was claimed by {item.claimed_by}/{item.claim_epoch}, "
-                                 f"not {fence.holder}/{fence.epoch}")
-            self._put_outbox(conn, OutboxItem(**{**item.__dict__, **changes}), now_ms)
+            item = self._outbox_row(conn, item_id)
+            if item is None:
+                raise NotFound(f"outbox item {item_id} does not exist")
+            done = outbox.sent(item, wa_message_id, ts_ms, now_ms)
+            if done is item:
+                return item
+            self._put_outbox(conn, done)
+            self._upsert(conn, [done.message()], now_ms)
+            if done.message_id != item.id:  # sent under WhatsApp's id: the queued copy goes
+                self._drop_message(conn, thread_id(item.account_id, item.to_jid), item.id, now_ms)
+            return done
+
+    def settle_outbox(self, item_id: str, claim: Claim, outcome: OutboxItem, now_ms: int) -> OutboxItem:
+        with self._write() as conn:
+            item = self._outbox_row(conn, item_id)
+            if item is None:
+                raise NotFound(f"outbox item {item_id} does not exist")
+            if not outbox.holds(item, claim):
+                raise StaleFence(f"outbox item {item_id} is {item.status.value} under claim {item.claim_id} "
+                                 f"({item.claimed_by}@{item.claim_epoch}), not {claim.claim_id}")
+            self._put_outbox(conn, outcome)
+            if outcome.status is not OutboxStatus.QUEUED:
+                self._upsert(conn, [outcome.message()], now_ms)
+            return outcome
+
+    def decide_outbox(self, item_id: str, decision: Decision, now_ms: int) -> OutboxItem:
+        with self._write() as conn:
+            item = self._outbox_row(conn, item_id)
+            if item is None:
+                raise NotFound(f"outbox item {item_id} does not exist")
+            decided = outbox.decide(item, decision, now_ms)
+            self._put_outbox(conn, decided)
+            self._upsert(conn, [decided.message()], now_ms)
+            return decided
 
     @staticmethod
-    def _put_outbox(conn, item: OutboxItem, now_ms: int) -> None:
-        doc = schema.outbox_doc(item)
-        doc["updatedAt"] = ms_to_dt(now_ms)
-        conn.execute("UPDATE outbox SET status = ?, doc = ? WHERE id = ?", (item.status, encode(doc), item.id))
+    def _outbox_row(conn, item_id: str) -> Optional[OutboxItem]:
+        row = conn.execute("SELECT doc FROM outbox WHERE id = ?", (item_id,)).fetchone()
+        return schema.outbox_item(decode(row[0])) if row else None
+
+    @staticmethod
+    def _put_outbox(conn, item: OutboxItem) -> None:
+        conn.execute("UPDATE outbox SET status = ?, doc = ? WHERE id = ?",
+                     (item.status.value, encode(schema.outbox_doc(item)), item.id))
