@@ -10,13 +10,15 @@ from simproc import SimProcess, wait_for
 from wasync.runtime import model as m
 from wasync.runtime.backoff import Backoff
 from wasync.runtime.transport.normalize import normalize
-from wasync.runtime.transport.session import HistoryDirection, InvalidRecipient, MessageRef, NotConnected
+from wasync.runtime.transport.session import (
+    HistoryDirection, InvalidRecipient, MessageRef, NotConnected, NotOnWhatsApp, SessionError,
+)
 from wasync.runtime.transport.simulated import SimulatedTransport
 
 PHONE, NEW = "15550001111", "15550002222"
 ALICE = "15552223333@s.whatsapp.net"
 TS = 1_763_900_000
-WORLD = {"seed": 3, "accounts": [
+WORLD = {"seed": 3, "notOnWhatsApp": ["15559990000"], "accounts": [
     {"phone": PHONE, "pushName": "Shop A", "initialSyncPerChat": 50, "chats": [
         {"jid": ALICE, "name": "Alice", "messages": [
             {"id": f"H{n:03d}", "ts": TS + n, "text": f"history {n}"} for n in range(80)]}]},
@@ -110,6 +112,25 @@ def test_send_reaches_the_world_and_receipts_come_back(sim, transport):
     session.stop()
     with pytest.raises(NotConnected):
         session.send_text(ALICE, "after stop")
+
+
+def test_a_send_under_a_chosen_id_is_one_message_however_often_it_is_sent(sim, transport):
+    session = open_started(transport, Sink())
+    wait_for(lambda: session.connected, what="connected")
+    assert session.capabilities.chosen_message_ids
+    before = sim.stats()["accounts"][PHONE]
+    first = session.send_text(ALICE, "once only", message_id="3EB0C0FFEE0001")
+    again = session.send_text(ALICE, "once only", message_id="3EB0C0FFEE0001")
+    assert first == again and first.message_id == "3EB0C0FFEE0001"
+    stats = sim.stats()["accounts"][PHONE]
+    assert (stats["sent"] - before["sent"], stats["sentAgain"] - before["sentAgain"]) == (1, 1)
+    chat = next(c for a in sim.world()["accounts"] if a["phone"] == PHONE for c in a["chats"] if c["jid"] == ALICE)
+    assert [msg["id"] for msg in chat["messages"]].count("3EB0C0FFEE0001") == 1
+    with pytest.raises(SessionError):  # the id names another message
+        session.send_text(ALICE, "something else", message_id="3EB0C0FFEE0001")
+    with pytest.raises(NotOnWhatsApp):
+        session.send_text("15559990000@s.whatsapp.net", "hello?")
+    session.stop()
 
 
 def test_disconnect_is_reported_and_offline_messages_follow_the_reconnect(sim, transport):

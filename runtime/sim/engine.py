@@ -57,6 +57,7 @@ PAIR_CODE_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTVWXYZ"  # whatsmeow's: no 0/O o
 CLOSING_REASONS = {"disconnect": "disconnect", "ban": "banned"}
 # How a history request reads from its anchor, by its `direction`.
 _DIRECTIONS = {wire.HISTORY_BEFORE: ChatState.older_than, wire.HISTORY_AFTER: ChatState.newer_than}
+_MESSAGE_ID = re.compile(r"[0-9A-F]{8,64}")
 # The JID shapes world.py accepts for chats.
 _JID = re.compile(r"\d{5,20}@s\.whatsapp\.net|\d{5,25}(-\d{5,15})?@g\.us")
 _PHONE = re.compile(r"\d{5,20}")
@@ -363,9 +364,23 @@ class Simulation:
         if not isinstance(to, str) or not _JID.fullmatch(to):
             raise Refused(wire.INVALID_RECIPIENT, f"not a person's or group's JID: {to!r}")
         text = _field(frame, "text", _is_text, "a non-empty string")
+        chosen = _field(frame, "id", lambda v: v is None or (_is_text(v) and _MESSAGE_ID.fullmatch(v)),
+                        "a message id (8-64 characters of A-Z 0-9)")
+        if to.endswith("@s.whatsapp.net") and to.split("@")[0] in self.world.not_on_whatsapp:
+            raise Refused(wire.NOT_ON_WHATSAPP, f"{to.split('@')[0]} is not on WhatsApp")
         chat = acct.chat(to)
+        if chosen is not None and chosen in chat.by_id:
+            # As on WhatsApp, a message id names one message: sending it again (a client
+            # unsure whether its first try went out) delivers nothing new.
+            earlier = chat.by_id[chosen].msg
+            if not (earlier.from_me and earlier.text == text):
+                raise Refused(wire.BAD_REQUEST, f"message id {chosen} is taken by another message")
+            acct.stats.sent_again += 1
+            conn.reply(req, {"id": earlier.id, "ts": earlier.ts})
+            return
         ts_ms = self.time.wall_ms()
-        msg = WorldMessage(id=self._new_id(acct, chat), from_me=True, ts=ts_ms // 1000, text=text, status="sent")
+        msg = WorldMessage(id=chosen or self._new_id(acct, chat), from_me=True, ts=ts_ms // 1000, text=text,
+                           status="sent")
         chat.add(msg, SENT, ts_ms)
         acct.stats.sent += 1
         conn.reply(req, {"id": msg.id, "ts": msg.ts})

@@ -241,7 +241,8 @@ class Stats:
     history_requests: int = 0
     pairings: int = 0
     logouts: int = 0
-    sent: int = 0
+    sent: int = 0  # distinct messages clients sent
+    sent_again: int = 0  # sends under an id already sent: the same message, not a new one
     mark_read: int = 0
     events_sent: int = 0
     events_resent: int = 0

@@ -64,6 +64,7 @@ TRANSIENT_SEQ = 0  # the seq of events about one socket only: not kept, not re-s
 NOT_CONNECTED = "not_connected"
 INVALID_RECIPIENT = "invalid_recipient"
 RATE_LIMITED = "rate_limited"
+NOT_ON_WHATSAPP = "not_on_whatsapp"
 BAD_REQUEST = "bad_request"
 
 # `direction` of a history request.

@@ -82,6 +82,8 @@ _LATITUDE = _check(lambda v: _is_num(v) and -90 <= v <= 90, "expected degrees fr
 _LONGITUDE = _check(lambda v: _is_num(v) and -180 <= v <= 180, "expected degrees from -180 to 180", float)
 _MSG_ID = _check(lambda v: isinstance(v, str) and re.fullmatch(r"[\w.-]{1,128}", v) is not None,
                  "expected a message id (letters, digits, - _ .)")
+_PHONES = _check(lambda v: isinstance(v, list) and all(isinstance(x, str) and re.fullmatch(r"\d{5,20}", x) for x in v),
+                 "expected a list of phone numbers (5-20 digits)", tuple)
 _PHONE = _check(lambda v: isinstance(v, str) and re.fullmatch(r"\d{5,20}", v) is not None,
                 'expected the phone number as a string of digits, like "15550001111"')
 _JID = _check(lambda v: isinstance(v, str) and bool(_USER_JID.fullmatch(v) or _GROUP_JID.fullmatch(v)),
@@ -345,8 +347,9 @@ def parse_world(data: Any) -> World:
     if not isinstance(data, dict):
         raise WorldError(["(root): expected a JSON object with seed, accounts and timeline"])
     problems = _Problems()
-    root = _Obj(data, "", problems, {"seed", "accounts", "timeline"})
+    root = _Obj(data, "", problems, {"seed", "accounts", "timeline", "notOnWhatsApp"})
     seed = root.get("seed", _INT, 0)
+    absent = root.get("notOnWhatsApp", _PHONES, ())
     entries = root.objects("accounts", required=True)
     if data.get("accounts") == []:
         root.bad("accounts", "expected at least one account")
@@ -360,7 +363,8 @@ def parse_world(data: Any) -> World:
     declared = {e["phone"] for _, e in entries if isinstance(e.get("phone"), str)}
     known = _Known(tuple(accounts.values()), declared)
     rng = random.Random(stable_seed(seed, "timeline"))  # ids for timeline messages that name none
-    return World(seed, tuple(accounts.values()), _timeline(root.objects("timeline"), problems, known, rng, with_at=True))
+    return World(seed, tuple(accounts.values()), _timeline(root.objects("timeline"), problems, known, rng, with_at=True),
+                 not_on_whatsapp=frozenset(absent))
 
 
 def load_world(path: str | Path) -> World:

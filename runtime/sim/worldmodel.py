@@ -112,6 +112,7 @@ class World:
     seed: int
     accounts: tuple[Account, ...]
     timeline: tuple[TimelineEvent, ...]  # sorted by `at` (stable)
+    not_on_whatsapp: frozenset[str] = frozenset()  # phone numbers a send to is refused for
 
     def account(self, phone: str) -> Optional[Account]:
         return next((a for a in self.accounts if a.phone == phone), None)

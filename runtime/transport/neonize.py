@@ -426,7 +426,10 @@ class NeonizeSession:
             raise error from box["error"]
         return box.get("value")
 
-    def send_text(self, to_jid: str, text: str, timeout_s: float = 30.0) -> SendResult:
+    def send_text(self, to_jid: str, text: str, message_id: Optional[str] = None,
+                  timeout_s: float = 30.0) -> SendResult:
+        if message_id is not None:
+            raise CapabilityAbsent("neonize 0.5.2 cannot send under a message id of the caller's choosing")
         to = parse_jid(to_jid)
         message = _nz.Message(conversation=text)  # a plain `conversation`, as the phone sends
         response = self._call("send", timeout_s, lambda client: client.send_message(to, message))

@@ -24,6 +24,9 @@ class Capabilities:
     on_demand_history: bool  # can ask the phone for older messages of a chat
     pair_phone: bool  # can pair by phone-number code instead of QR
     history_after: bool = False  # can also ask for messages newer than an anchor (a trailing gap)
+    # Sends under a message id the client chose, so a resend after a crash is the same
+    # message to WhatsApp, not a second one (whatsmeow can; neonize 0.5.2 does not expose it).
+    chosen_message_ids: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,10 @@ class NotConnected(SessionError):
 
 class InvalidRecipient(SessionError):
     reason = "invalid_recipient"
+
+
+class NotOnWhatsApp(SessionError):
+    reason = "not_on_whatsapp"
 
 
 class RateLimited(SessionError):
@@ -69,7 +76,11 @@ class Session(Protocol):
     def stop(self) -> None:
         """Close the connection and join the transport's threads. Idempotent."""
 
-    def send_text(self, to_jid: str, text: str, timeout_s: float = 30.0) -> SendResult: ...
+    def send_text(self, to_jid: str, text: str, message_id: Optional[str] = None,
+                  timeout_s: float = 30.0) -> SendResult:
+        """Send a text; `message_id` only where `capabilities.chosen_message_ids`. Raises
+        NotConnected or RateLimited when it certainly did not go out, InvalidRecipient or
+        NotOnWhatsApp when it never will, and any other SessionError when it may have."""
 
     def mark_read(self, chat_jid: str, sender_jid: Optional[str], message_ids: list[str], ts_ms: int) -> None: ...
 

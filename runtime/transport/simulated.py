@@ -29,14 +29,14 @@ from neonize.proto import Neonize_pb2
 from wasync.runtime.backoff import Backoff
 from wasync.runtime.sim import wire
 from wasync.runtime.transport.session import (
-    Capabilities, EventSink, HistoryDirection, InvalidRecipient, MessageRef, NotConnected, RateLimited, SendResult,
-    SessionError,
+    Capabilities, EventSink, HistoryDirection, InvalidRecipient, MessageRef, NotConnected, NotOnWhatsApp, RateLimited,
+    SendResult, SessionError,
 )
 
 log = logging.getLogger("wasync.transport.sim")
 
 _ERRORS = {wire.NOT_CONNECTED: NotConnected, wire.INVALID_RECIPIENT: InvalidRecipient,
-           wire.RATE_LIMITED: RateLimited}
+           wire.RATE_LIMITED: RateLimited, wire.NOT_ON_WHATSAPP: NotOnWhatsApp}
 _NO_RECONNECT = ("stream_replaced", "logged_out", "banned")
 
 
@@ -126,7 +126,7 @@ class SimulatedTransport:
 
 
 class SimulatedSession:
-    capabilities = Capabilities(on_demand_history=True, pair_phone=True, history_after=True)
+    capabilities = Capabilities(on_demand_history=True, pair_phone=True, history_after=True, chosen_message_ids=True)
 
     def __init__(self, transport: SimulatedTransport, account_id: str, phone: Optional[str], sink: EventSink):
         self.transport = transport
@@ -165,8 +165,12 @@ class SimulatedSession:
             pass
         self._task = None
 
-    def send_text(self, to_jid: str, text: str, timeout_s: float = 30.0) -> SendResult:
-        result = self._call({"op": "send", "to": to_jid, "text": text}, timeout_s)
+    def send_text(self, to_jid: str, text: str, message_id: Optional[str] = None,
+                  timeout_s: float = 30.0) -> SendResult:
+        frame = {"op": "send", "to": to_jid, "text": text}
+        if message_id is not None:
+            frame["id"] = message_id
+        result = self._call(frame, timeout_s)
         return SendResult(message_id=result["id"], ts_ms=int(result["ts"]) * 1000)
 
     def mark_read(self, chat_jid: str, sender_jid: Optional[str], message_ids: list[str], ts_ms: int) -> None:
