@@ -23,12 +23,14 @@ from typing import Optional
 import pykka
 
 from wasync.actors import supervisor_protocol as sp
-from wasync.actors.account_protocol import (AccountMsg, CancelWalk, Fault, PairPhone, PlanRead, Probe, RequestOverdue,
-                                            RequestSent, RunWalk, StopSession, Wake)
+from wasync.actors import outbox_protocol as op
+from wasync.actors.account_protocol import (AccountMsg, CancelWalk, Fault, NewFence, PairPhone, PlanRead, Probe,
+                                            RequestOverdue, RequestSent, RunWalk, SendWaiting, StopSession, Wake)
 from wasync.actors.backfill_state import BackfillState
 from wasync.actors.ingest import Folded, Ingest, phone_of
+from wasync.actors.outbox import OutboxDeps, start_outbox
 from wasync.actors.policy.health import protocol_streak
-from wasync.actors.reply import answer, fail
+from wasync.actors.reply import answer, fail, tell_if_alive
 from wasync.actors.slot import SessionSlot
 from wasync.actors.writer_protocol import IngestBatch
 from wasync.runtime import model as m
@@ -36,6 +38,7 @@ from wasync.runtime.account import AccountFacts, AccountPatch, Link
 from wasync.runtime.board import Board
 from wasync.runtime.clock import Clock
 from wasync.runtime.spool import SpoolRow
+from wasync.runtime.store.base import Fence
 from wasync.runtime.ticker import Timers
 from wasync.runtime.transport.session import NotConnected, SessionFactory
 
@@ -63,6 +66,7 @@ class AccountDeps:
     store: object = None  # read only: the thread histories a walk plans from
     ticker: Optional[Timers] = None
     scheduler: Optional[pykka.ActorRef] = None  # told when a walk ends
+    outbox: Optional[OutboxDeps] = None  # None: this account sends nothing (tests of ingest alone)
 
 
 class AccountActor(pykka.ThreadingActor):
@@ -70,8 +74,11 @@ class AccountActor(pykka.ThreadingActor):
     use_daemon_thread = True
 
     def __init__(self, account_id: str, phone: Optional[str], generation: int, *, deps: AccountDeps,
-                 supervisor: pykka.ActorRef, slot: SessionSlot, fresh_pairing: bool = False):
+                 supervisor: pykka.ActorRef, slot: SessionSlot, fresh_pairing: bool = False,
+                 fence: Optional[Fence] = None):
         super().__init__()
+        self.fence = fence  # the account's lease here: what its outbox claims under
+        self.outbox: Optional[pykka.ActorRef] = None
         self.account_id, self.generation = account_id, generation
         self.deps, self.supervisor, self.slot = deps, supervisor, slot
         self.spool = deps.ingest.spool
@@ -119,6 +126,8 @@ class AccountActor(pykka.ThreadingActor):
             self.slot.put(session)
             self.facts = replace(self.facts, on_demand=session.capabilities.on_demand_history)
             self._publish()
+            self.outbox = start_outbox(account_id, self.fence, self.slot, self.deps.outbox,
+                                       resend_safe=session.capabilities.chosen_message_ids)
             session.start()
         except Exception as exc:
             # pykka does not call on_failure for on_start: without this the account
@@ -144,6 +153,8 @@ class AccountActor(pykka.ThreadingActor):
         except Exception:
             log.exception("[realtime] accountId=%s could not finish cleanly", self.account_id)
         self.backfill.interrupt("the account's actor stopped")
+        if self.outbox is not None:
+            self.outbox.stop(block=False)
         if not self.slot.killed:  # killed: the thread stopping the session says so once it has
             self._tell_supervisor(sp.ChildStopped(self.account_id, self.generation))
 
@@ -175,6 +186,11 @@ class AccountActor(pykka.ThreadingActor):
                     self._pair_phone(phone, reply)
                 case Fault(kind=kind):
                     self._fault(kind)
+                case SendWaiting():
+                    self._to_outbox(op.Poke())
+                case NewFence(fence=fence):
+                    self.fence = fence
+                    self._to_outbox(op.Refenced(fence))
                 case RunWalk():
                     self.backfill.start(message, self.facts.connected)
                 case PlanRead():
@@ -205,8 +221,14 @@ class AccountActor(pykka.ThreadingActor):
 
         self.deps.calls.submit(session.pair_phone, phone).add_done_callback(done)
 
+    def _to_outbox(self, message) -> None:
+        if self.outbox is not None:
+            tell_if_alive(self.outbox, message)
+
     def _fault(self, kind: str) -> None:
         log.warning("[supervisor] accountId=%s injected fault: %s", self.account_id, kind)
+        if kind.startswith("outbox-crash-"):
+            self._to_outbox(op.ArmCrash(kind.removeprefix("outbox-crash-")))
         if kind == "raise":
             raise RuntimeError("injected fault")
         if kind == "block":
@@ -230,6 +252,7 @@ class AccountActor(pykka.ThreadingActor):
             log.exception("[realtime] accountId=%s session did not stop cleanly", self.account_id)
         self.slot.release(session)
         self.facts = replace(self.facts, link=Link.DISCONNECTED, qr_code=None)
+        self._to_outbox(op.Linked(False))
         self._publish()
 
     def _report(self, error: str) -> None:
@@ -253,6 +276,8 @@ class AccountActor(pykka.ThreadingActor):
         folded = self.deps.ingest.fold(self.account_id, rows)
         before = self.facts
         self._observe_all(folded)
+        if before.connected != self.facts.connected:
+            self._to_outbox(op.Linked(self.facts.connected))
         self.deps.writer.tell(self.backfill.tagged(folded.batch))
         self.backfill.answers(folded)
         self._publish()

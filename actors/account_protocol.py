@@ -7,6 +7,7 @@ from typing import Literal, Optional, Union
 from wasync.actors.policy.backfill import BackfillRules, RecentRules
 from wasync.actors.reply import Reply
 from wasync.runtime.backfill import Job, ThreadHistory, Trigger
+from wasync.runtime.store.base import Fence
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,23 @@ class PairPhone:
 
 @dataclass(frozen=True)
 class Fault:
-    """Test-only (WASYNC_DEBUG_FAULTS): raise in a handler, or block in one forever."""
+    """Test-only (WASYNC_DEBUG_FAULTS): raise in a handler, or block in one forever; or
+    SIGKILL the process at a point of the next outbox send ("outbox-crash-claimed",
+    "outbox-crash-sent": outbox_protocol.ArmCrash)."""
 
-    kind: Literal["raise", "block"]
+    kind: Literal["raise", "block", "outbox-crash-claimed", "outbox-crash-sent"]
+
+
+@dataclass(frozen=True)
+class SendWaiting:
+    """An outbox item of this account was queued through this instance: send it now."""
+
+
+@dataclass(frozen=True)
+class NewFence:
+    """The account's lease epoch moved while this actor ran on (its outbox claims with it)."""
+
+    fence: Fence
 
 
 @dataclass(frozen=True)
@@ -90,5 +105,5 @@ class RequestOverdue:
     seq: int
 
 
-AccountMsg = Union[Wake, Probe, StopSession, PairPhone, Fault, RunWalk, CancelWalk, PlanRead, RequestSent,
-                   RequestOverdue]
+AccountMsg = Union[Wake, Probe, StopSession, PairPhone, Fault, SendWaiting, NewFence, RunWalk, CancelWalk, PlanRead,
+                   RequestSent, RequestOverdue]

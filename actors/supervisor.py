@@ -33,7 +33,7 @@ from typing import Callable, Optional
 import pykka
 
 from wasync.actors import supervisor_protocol as sp
-from wasync.actors.account_protocol import Fault, PairPhone, Probe, StopSession
+from wasync.actors.account_protocol import Fault, NewFence, PairPhone, Probe, StopSession
 from wasync.actors.leases_protocol import AccountStopped, FenceRejected
 from wasync.actors.leases_protocol import SessionReplaced as LeaseSessionReplaced
 from wasync.actors.policy.escalation import REPAIR, on_degraded, recovered
@@ -58,8 +58,8 @@ log = logging.getLogger("wasync.supervisor")
 
 TICK_S = 2.0
 
-# make_child(account_id, phone, generation, supervisor, slot, fresh_pairing) -> the started actor
-ChildFactory = Callable[[str, Optional[str], int, pykka.ActorRef, SessionSlot, bool], pykka.ActorRef]
+# make_child(account_id, phone, generation, supervisor, slot, fresh_pairing, fence) -> the started actor
+ChildFactory = Callable[[str, Optional[str], int, pykka.ActorRef, SessionSlot, bool, Optional[Fence]], pykka.ActorRef]
 
 
 class SupervisorActor(pykka.ThreadingActor):
@@ -135,8 +135,8 @@ class SupervisorActor(pykka.ThreadingActor):
                     self._paired(w, phone)
             case sp.WriteRejected():
                 self._write_rejected(message)
-            case sp.RestartAccount(account_id=account_id):
-                self._operator_restart(account_id)
+            case sp.RestartAccount(account_id=account_id, new_pairing=new_pairing):
+                self._operator_restart(account_id, new_pairing)
             case sp.RequestPairingCode(account_id=a, phone=phone, reply=reply):
                 self._to_child(a, PairPhone(phone, reply), reply)
             case sp.InjectFault(account_id=a, kind=kind, reply=reply):
@@ -171,6 +171,8 @@ class SupervisorActor(pykka.ThreadingActor):
                 self._adopt_repair(w, record)
                 return
         elif w.owned:
+            if fence != w.fence and w.child is not None:
+                tell_if_alive(w.child.ref, NewFence(fence))
             w.fence = fence
             return
         w.owned, w.phone, w.fence = True, record.phone or w.phone, fence
@@ -249,7 +251,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self._publish(w)  # first: the new actor's facts count from its first publish
         slot = SessionSlot(w.account_id)
         try:
-            ref = self.make_child(w.account_id, w.phone, w.generation, self.actor_ref, slot, w.fresh_pairing)
+            ref = self.make_child(w.account_id, w.phone, w.generation, self.actor_ref, slot, w.fresh_pairing, w.fence)
         except Exception as exc:
             log.exception("[supervisor] accountId=%s could not start: %s", w.account_id, exc)
             self._restart(w, f"could not start: {exc}", "start_failed")
@@ -478,15 +480,16 @@ class SupervisorActor(pykka.ThreadingActor):
             self.writer.tell(AccountUpdate(w.account_id, AccountPatch(repair=NO_REPAIR), w.fence))
             self._publish(w)
 
-    def _operator_restart(self, account_id: str) -> None:
+    def _operator_restart(self, account_id: str, new_pairing: bool = False) -> None:
         """regenerate-qr / an operator's restart: a fresh start with a fresh restart budget.
         For an account that needs repair (or was logged out) that start is a new pairing:
-        resuming the stored session is what did not work."""
+        resuming the stored session is what did not work; `new_pairing` asks for one
+        whatever the account's state (re-linking a device on purpose)."""
         w = self.watches.get(account_id)
         if w is None or not w.owned:
             log.info("[supervisor] accountId=%s restart asked, but it does not run here", account_id)
             return
-        if w.hold in (Hold.NEEDS_REPAIR, Hold.LOGGED_OUT):
+        if new_pairing or w.hold in (Hold.NEEDS_REPAIR, Hold.LOGGED_OUT):
             w.fresh_pairing = True
             log.warning("[supervisor] accountId=%s re-pair requested: a new pairing starts", account_id)
         self._stop_child(w)

@@ -140,9 +140,10 @@ class WriteRejected:
 @dataclass(frozen=True)
 class RestartAccount:
     """An operator's restart (regenerate-qr): a fresh start with a fresh restart budget; a
-    new pairing for an account that needs repair."""
+    new pairing for an account that needs repair, or when `new_pairing` asks for one."""
 
     account_id: str
+    new_pairing: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,12 +167,12 @@ class InjectFault:
 
 @dataclass(frozen=True)
 class ToAccount:
-    """The scheduler's orders for an account's actor (a history walk, its cancellation):
-    the supervisor owns the actors and hands them on; `on_absent` goes back to the
-    scheduler when no actor runs the account here."""
+    """Orders for an account's actor from outside the supervision tree (the scheduler's
+    history walks, the API's "send now"): the supervisor owns the actors and hands them
+    on; `on_absent` goes back to the scheduler when no actor runs the account here."""
 
     account_id: str
-    message: object  # an account_protocol message (RunWalk, CancelWalk)
+    message: object  # an account_protocol message (RunWalk, CancelWalk, SendWaiting)
     on_absent: object = None  # a scheduler_protocol message
 
 

@@ -171,12 +171,12 @@ def create_app(control: DaemonControl, settings: Settings, metrics: Metrics, *,
 
     # Imported here, not at the top: route modules are leaves that import http.common.
     from wasync.http.routes import (
-        account_health, accounts, admin_page, backfill, dashboard, debug, health, instances, metrics as metrics_routes,
-        pairing,
+        account_health, accounts, admin_page, backfill, conversations, dashboard, debug, health, instances,
+        metrics as metrics_routes, outbox, pairing,
     )
 
     for module in (health, metrics_routes, accounts, pairing, account_health, dashboard, instances, backfill,
-                   admin_page):
+                   conversations, outbox, admin_page):
         app.add_routes(module.routes)
     if settings.debug_faults:
         app.add_routes(debug.routes)

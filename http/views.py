@@ -86,6 +86,12 @@ class AccountView:
         }
 
 
+def outbox_counts(counts: Optional[dict]) -> dict:
+    """An account's outbox items waiting for WhatsApp (queued, sending) or for an operator
+    (unknown: may have been sent)."""
+    return {status: (counts or {}).get(status, 0) for status in ("queued", "sending", "unknown")}
+
+
 def merge(docs: Iterable[dict], snapshot: Snapshot) -> list[AccountView]:
     """Every account that is stored or live, by id."""
     by_id = {d["accountId"]: d for d in docs}

@@ -232,6 +232,11 @@ VARIABLES: tuple[Var, ...] = (
     Var("auto_repair_cooldown_ms", ("AUTO_REPAIR_COOLDOWN_MINUTES",), duration_ms(60_000, 0), 60 * 60_000),
     Var("degraded_after_ms", ("WHATSAPP_DEGRADED_AFTER_MS",), duration_ms(1, 1000), 300_000),
     Var("repair_alert_webhook_url", ("REPAIR_ALERT_WEBHOOK_URL",), http_url, None, secret=True),
+    Var("outbox_poll_ms", ("WASYNC_OUTBOX_POLL_SECONDS",), duration_ms(1000, 100), 10_000,
+        help="how often a connected account looks for outbox items queued through another instance "
+             "(sends through this instance's API start at once)"),
+    Var("outbox_expire_ms", ("WASYNC_OUTBOX_EXPIRE_MINUTES",), duration_ms(60_000, 60_000), 24 * 60 * 60_000,
+        help="an outbox item not sent this long after it was queued fails instead (no day-old surprises)"),
     Var("hung_after_ms", ("WASYNC_HUNG_AFTER_MS",), duration_ms(1, 1000), 30_000,
         help="an account actor that has not answered the supervisor's liveness ask this long is replaced"),
     Var("debug_faults", ("WASYNC_DEBUG_FAULTS",), parse_bool, False,
@@ -286,6 +291,8 @@ class Settings:
     auto_repair_cooldown_ms: int
     degraded_after_ms: int
     repair_alert_webhook_url: Optional[str]
+    outbox_poll_ms: int
+    outbox_expire_ms: int
     hung_after_ms: int
     debug_faults: bool
     # where each field's value came from: "default", "env NAME" or "legacy NAME"

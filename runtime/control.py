@@ -17,10 +17,14 @@ import pykka
 from wasync.actors.leases_protocol import Refresh
 from wasync.actors.reply import new_reply
 from wasync.actors.scheduler_protocol import StartBackfill
-from wasync.actors.supervisor_protocol import InjectFault, RequestPairingCode, RestartAccount
+from wasync.actors.account_protocol import SendWaiting
+from wasync.actors.supervisor_protocol import InjectFault, RequestPairingCode, RestartAccount, ToAccount
 from wasync.runtime.backfill import ThreadHistory
 from wasync.runtime.board import Board, Snapshot
+from wasync.runtime import outbox
 from wasync.runtime.clock import Clock
+from wasync.runtime.outbox import Decision, OutboxConflict, OutboxItem, OutboxStatus
+from wasync.runtime.store.base import NotFound, Page
 from wasync.runtime.transport.session import NotConnected
 
 log = logging.getLogger("wasync.control")
@@ -71,9 +75,11 @@ class DaemonControl(Protocol):
         """An 8-character code to type on the phone (while pairing). Raises
         UnknownAccount, or a transport SessionError (e.g. NotConnected)."""
 
-    def regenerate_qr(self, account_id: str) -> None:
-        """Restart the account's session so pairing starts over with a fresh code. Raises
-        UnknownAccount, or RunsElsewhere when another instance runs the account."""
+    def regenerate_qr(self, account_id: str, new_pairing: bool = False) -> None:
+        """Restart the account's session so pairing starts over with a fresh code (a new
+        pairing for an account that needs repair, or with `new_pairing`: the stored session
+        is forgotten). Raises UnknownAccount, or RunsElsewhere when another instance runs
+        the account."""
 
     def start_backfill(self, account_id: str) -> str:
         """Start a backfill of the account now; returns its run id once its job lock is
@@ -84,9 +90,47 @@ class DaemonControl(Protocol):
         """The account document and the histories of its `threads` most recent threads.
         Raises UnknownAccount."""
 
+    def list_threads(self, account_id: str, limit: int, cursor: Optional[str]) -> Page:
+        """The account's threads, newest first (store.schema.BadCursor for a bad cursor).
+        Raises UnknownAccount."""
+
+    def list_messages(self, account_id: str, thread_id: str, limit: int, cursor: Optional[str]) -> Page:
+        """A thread's messages, newest first. Raises UnknownAccount."""
+
+    def send_message(self, account_id: str, to_jid: str, text: str,
+                     client_message_id: Optional[str]) -> tuple[OutboxItem, Optional[dict], bool]:
+        """Queue a text (stored before anything is sent): (item, its message document,
+        created). A repeated clientMessageId returns the stored item (created False), or
+        raises OutboxConflict if it named another message. Raises UnknownAccount."""
+
+    def get_outbox(self, item_id: str) -> OutboxItem:
+        """Raises store.base.NotFound."""
+
+    def list_outbox(self, account_id: str, statuses: list[OutboxStatus], limit: int) -> list[OutboxItem]: ...
+
+    def decide_outbox(self, item_id: str, decision: Decision) -> OutboxItem:
+        """An operator's word on an unknown or failed item. Raises NotFound, OutboxConflict."""
+
+    def outbox_counts(self) -> dict[str, dict[str, int]]:
+        """account -> {status: n} of items waiting (queued, sending, unknown)."""
+
     def inject_fault(self, account_id: str, kind: str) -> None:
         """Test-only fault injection ("raise" | "block") into the account's actor; the HTTP
         route exists only with WASYNC_DEBUG_FAULTS. Raises UnknownAccount, NotConnected."""
+
+
+def queue_message(store, account_id: str, to_jid: str, text: str, client_message_id: Optional[str],
+                  now_ms: int) -> tuple[OutboxItem, Optional[dict], bool]:
+    """DaemonControl.send_message's store part: the item and its queued message, stored."""
+    asked = OutboxItem(id=outbox.new_item_id(account_id, client_message_id), account_id=account_id, to_jid=to_jid,
+                       text=text, created_at_ms=now_ms, client_message_id=client_message_id)
+    item, created = store.enqueue_outbox(asked, now_ms)
+    if not created and not outbox.same_request(item, asked):
+        raise OutboxConflict(f"clientMessageId {client_message_id!r} was used for another message "
+                             f"(outbox item {item.id}, to {item.to_jid})")
+    if created:
+        log.info("[outbox] accountId=%s item=%s queued to=%s chars=%d", account_id, item.id, to_jid, len(text))
+    return item, store.get_message(account_id, item.to_jid, item.message_id), created
 
 
 class SystemControl:
@@ -137,11 +181,12 @@ class SystemControl:
             self._known(account_id)
             raise
 
-    def regenerate_qr(self, account_id: str) -> None:
+    def regenerate_qr(self, account_id: str, new_pairing: bool = False) -> None:
         self._known(account_id)
         self._here(account_id)
-        self.supervisor.tell(RestartAccount(account_id))
-        log.info("[supervisor] accountId=%s pairing restarted (regenerate-qr)", account_id)
+        self.supervisor.tell(RestartAccount(account_id, new_pairing))
+        log.info("[supervisor] accountId=%s pairing restarted (regenerate-qr%s)", account_id,
+                 ", new pairing" if new_pairing else "")
 
     def start_backfill(self, account_id: str) -> str:
         self._known(account_id)
@@ -167,6 +212,44 @@ class SystemControl:
             self._known(account_id)
             raise
         log.warning("[supervisor] accountId=%s fault injected: %s", account_id, kind)
+
+    def list_threads(self, account_id: str, limit: int, cursor: Optional[str]) -> Page:
+        self._known(account_id)
+        return self.store.list_threads(account_id, limit, cursor)
+
+    def list_messages(self, account_id: str, thread_id: str, limit: int, cursor: Optional[str]) -> Page:
+        self._known(account_id)
+        return self.store.list_messages(account_id, thread_id, limit, cursor)
+
+    def send_message(self, account_id: str, to_jid: str, text: str,
+                     client_message_id: Optional[str]) -> tuple[OutboxItem, Optional[dict], bool]:
+        self._known(account_id)
+        item, message, created = queue_message(self.store, account_id, to_jid, text, client_message_id,
+                                               self.clock.wall_ms())
+        if created:
+            # Sent at once if the account runs here; otherwise its holder's poll finds it.
+            self.supervisor.tell(ToAccount(account_id, SendWaiting()))
+        return item, message, created
+
+    def get_outbox(self, item_id: str) -> OutboxItem:
+        item = self.store.get_outbox(item_id)
+        if item is None:
+            raise NotFound(f"no outbox item {item_id}")
+        return item
+
+    def list_outbox(self, account_id: str, statuses: list[OutboxStatus], limit: int) -> list[OutboxItem]:
+        self._known(account_id)
+        return self.store.list_outbox(account_id, statuses, limit)
+
+    def decide_outbox(self, item_id: str, decision: Decision) -> OutboxItem:
+        item = self.store.decide_outbox(item_id, decision, self.clock.wall_ms())
+        log.warning("[outbox] accountId=%s item=%s operator decided: %s", item.account_id, item_id, decision.value)
+        if item.status is OutboxStatus.QUEUED:
+            self.supervisor.tell(ToAccount(item.account_id, SendWaiting()))
+        return item
+
+    def outbox_counts(self) -> dict[str, dict[str, int]]:
+        return self.store.count_outbox()
 
     def _here(self, account_id: str) -> None:
         """Raise RunsElsewhere unless this instance runs the account."""

@@ -24,6 +24,7 @@ import pykka
 from wasync.actors.account import AccountActor, AccountDeps
 from wasync.actors.ingest import Ingest
 from wasync.actors.monitor import StoreMonitorActor
+from wasync.actors.outbox import OutboxDeps
 from wasync.actors.leases import LeaseCoordinatorActor
 from wasync.actors.leases_protocol import Draining, ReleaseAll
 from wasync.actors.reply import new_reply
@@ -106,12 +107,15 @@ class System:
         self.scheduler = SchedulerActor.start(self.store, self.board, self.metrics, self.ticker, self.clock,
                                               self.calls, SchedulerConfig.from_settings(s),
                                               to_supervisor=lambda message: self.supervisor.tell(message))
+        outbox = OutboxDeps(self.store, self.clock, self.ticker, self.metrics, poll_ms=s.outbox_poll_ms,
+                            expire_ms=s.outbox_expire_ms)
         deps = AccountDeps(self.sessions, ingest, self.writer, self.board, self.clock, self.calls,
-                           s.degraded_after_ms, store=self.store, ticker=self.ticker, scheduler=self.scheduler)
+                           s.degraded_after_ms, store=self.store, ticker=self.ticker, scheduler=self.scheduler,
+                           outbox=outbox)
 
-        def make_child(account_id, phone, generation, supervisor, slot, fresh_pairing):
+        def make_child(account_id, phone, generation, supervisor, slot, fresh_pairing, fence):
             return AccountActor.start(account_id, phone, generation, deps=deps, supervisor=supervisor, slot=slot,
-                                      fresh_pairing=fresh_pairing)
+                                      fresh_pairing=fresh_pairing, fence=fence)
 
         self.supervisor = SupervisorActor.start(make_child, writer=self.writer, board=self.board,
                                                 metrics=self.metrics, gate=self.gate, ticker=self.ticker,

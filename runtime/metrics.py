@@ -39,6 +39,9 @@ EVENT_TO_STORE_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25,
 RUN_RESULTS = ("ok", "error", "unavailable", "locked", "fenced", "interrupted")
 
 
+OUTBOX_RESULTS = ("sent", "retry", "failed", "unknown", "expired")
+
+
 class Metrics:
     CONTENT_TYPE = CONTENT_TYPE
 
@@ -131,6 +134,16 @@ class Metrics:
             "wasync_threads_repaired_total", "Thread documents whose last-message fields thread repair rewrote",
             registry=r)
 
+        self.outbox_results = Counter(
+            "wasync_outbox_results_total", "Outbox send attempts ended, by result: sent, retry (certainly not "
+            "sent; tried again later), failed (never will be), unknown (may have been sent: an operator decides), "
+            "expired", ("result",), registry=r)
+        self.outbox_resends = Counter(
+            "wasync_outbox_resends_total", "Items a dead claimer left mid-send, sent again under the same "
+            "message id (safe: WhatsApp sees one message)", registry=r)
+        self.outbox_send_seconds = Histogram(
+            "wasync_outbox_send_seconds", "Time of one transport send call", registry=r)
+
         self.actor_failures = Counter(
             "wasync_actor_failures_total", "Actor crashes reported to the supervisor, by actor kind",
             ("actor",), registry=r)
@@ -150,6 +163,8 @@ class Metrics:
         for result in RUN_RESULTS:
             self.backfill_runs.labels(result)
             self.recent_sync_runs.labels(result)
+        for result in OUTBOX_RESULTS:
+            self.outbox_results.labels(result)
         for job in ("backfill", "recent_sync"):
             self.backfill_messages.labels(job)
             self.backfill_running.labels(job).set(0)

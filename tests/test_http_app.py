@@ -24,11 +24,11 @@ from wasync.http.app import create_app
 from wasync.runtime import bridge, config
 from wasync.runtime.config import ConfigError
 from wasync.runtime.board import Snapshot, StoreHealth
-from wasync.runtime.control import AccountExists, UnknownAccount
+from wasync.runtime.control import AccountExists, UnknownAccount, queue_message
 from wasync.runtime.metrics import Metrics
 from wasync.runtime.account import AccountState
 from wasync.runtime.model import AccountStatus
-from wasync.runtime.store.base import StoreError
+from wasync.runtime.store.base import NotFound, StoreError
 from wasync.runtime.store.sqlite import SqliteStore
 
 TOKEN = "s3cret-admin-token"
@@ -74,6 +74,44 @@ class StoreControl:
         if doc is None:
             raise UnknownAccount(account_id)
         return doc
+
+    def _known(self, account_id: str) -> None:
+        if self.store.get_account(account_id) is None:
+            raise UnknownAccount(account_id)
+
+    def list_threads(self, account_id, limit, cursor):
+        self._enter("threads", account_id, limit, cursor)
+        self._known(account_id)
+        return self.store.list_threads(account_id, limit, cursor)
+
+    def list_messages(self, account_id, thread_id, limit, cursor):
+        self._enter("messages", account_id, thread_id, limit, cursor)
+        self._known(account_id)
+        return self.store.list_messages(account_id, thread_id, limit, cursor)
+
+    def send_message(self, account_id, to_jid, text, client_message_id):
+        self._enter("send", account_id, to_jid, text, client_message_id)
+        self._known(account_id)
+        return queue_message(self.store, account_id, to_jid, text, client_message_id, int(time.time() * 1000))
+
+    def get_outbox(self, item_id):
+        self._enter("outbox", item_id)
+        item = self.store.get_outbox(item_id)
+        if item is None:
+            raise NotFound(item_id)
+        return item
+
+    def list_outbox(self, account_id, statuses, limit):
+        self._enter("outbox-list", account_id)
+        self._known(account_id)
+        return self.store.list_outbox(account_id, statuses, limit)
+
+    def decide_outbox(self, item_id, decision):
+        self._enter("decide", item_id, decision)
+        return self.store.decide_outbox(item_id, decision, int(time.time() * 1000))
+
+    def outbox_counts(self):
+        return self.store.count_outbox()
 
     def remove_account(self, account_id: str) -> None:
         self._enter("remove", account_id)

@@ -62,6 +62,9 @@ class StoreControl:
             raise self.fail
         return self.store.list_accounts()
 
+    def outbox_counts(self) -> dict:
+        return self.store.count_outbox()
+
     def add_doc(self, account_id: str, phone: Optional[str] = None, **fields) -> None:
         doc = new_account_doc(account_id, phone, ms_to_dt(NOW_MS - 3_600_000))
         plant_account(self.store, {**doc, **fields})
@@ -259,7 +262,7 @@ def test_endpoints_are_open_without_admin_token_on_loopback(control):
 ENTRY_KEYS = {
     "accountId", "phone", "status", "connected", "degraded", "warning", "needsRepair", "repairReason",
     "restarts", "lastRealMessageMs", "lastHistorySyncAt", "lastRealtimeMessageAt", "lastBackfillAt",
-    "leaseHolder", "leaseEpoch", "lastBackfillStatus", "backfillRunning",
+    "leaseHolder", "leaseEpoch", "lastBackfillStatus", "backfillRunning", "outbox",
 }
 
 
@@ -301,6 +304,7 @@ def test_dashboard_merges_documents_with_the_snapshot(control):
         "lastRealMessageMs": NOW_MS - 30_000, "lastHistorySyncAt": iso(ms_to_dt(NOW_MS - 86_400_000)),
         "lastRealtimeMessageAt": iso(ms_to_dt(NOW_MS - 30_000)), "lastBackfillAt": iso(ms_to_dt(NOW_MS - 7_200_000)),
         "leaseHolder": "inst-test", "leaseEpoch": 2, "lastBackfillStatus": None, "backfillRunning": None,
+        "outbox": {"queued": 0, "sending": 0, "unknown": 0},
     }
     a2 = by_id["a2"]
     assert a2["status"] == "degraded" and a2["connected"] is True and a2["degraded"] is True

@@ -27,15 +27,18 @@ async def dashboard(request: web.Request) -> web.Response:
     control = request.app[CONTROL]
     snapshot = control.snapshot()
     store_error = None
+    waiting: dict = {}
     try:
         docs = await call_daemon(request, control.list_accounts)
+        waiting = await call_daemon(request, control.outbox_counts)
     except (StoreError, BridgeTimeout) as exc:  # the expected outages: answer from the snapshot
         log.warning("[http] rid=%s dashboard without account documents: %s", request_id_var.get(), exc)
         docs, store_error = [], str(exc) or type(exc).__name__
     except Exception as exc:  # e.g. a raw driver error an adapter did not wrap: still answer
         log.exception("[http] rid=%s dashboard without account documents", request_id_var.get())
         docs, store_error = [], f"{type(exc).__name__}: {exc}"
-    accounts = [v.summary(snapshot.instance_id) for v in views.merge(docs, snapshot)]
+    accounts = [{**v.summary(snapshot.instance_id), "outbox": views.outbox_counts(waiting.get(v.account_id))}
+                for v in views.merge(docs, snapshot)]
     counts = {s.value: 0 for s in AccountStatus}
     for entry in accounts:
         counts[entry["status"]] = counts.get(entry["status"], 0) + 1

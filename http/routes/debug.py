@@ -11,7 +11,7 @@ from aiohttp import web
 
 from wasync.http.common import CONTROL, ApiError, call_daemon, json_response, read_json_object, validate_account_id
 
-KINDS = ("raise", "block")
+KINDS = ("raise", "block", "outbox-crash-claimed", "outbox-crash-sent")
 
 routes = web.RouteTableDef()  # added to the app only with WASYNC_DEBUG_FAULTS
 
@@ -22,6 +22,6 @@ async def inject_fault(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     kind = body.get("kind")
     if set(body) - {"kind"} or kind not in KINDS:
-        raise ApiError(400, "invalid_body", 'expected {"kind": "raise" | "block"}')
+        raise ApiError(400, "invalid_body", "expected {\"kind\": " + " | ".join(f'"{k}"' for k in KINDS) + "}")
     await call_daemon(request, request.app[CONTROL].inject_fault, account_id, kind)
     return json_response({"success": True, "accountId": account_id, "kind": kind})

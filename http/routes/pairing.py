@@ -56,7 +56,12 @@ async def pair_phone(request: web.Request) -> web.Response:
 
 @routes.post("/api/whatsapp/regenerate-qr/{accountId}")
 async def regenerate_qr(request: web.Request) -> web.Response:
+    """Pairing starts over. `{"newPairing": true}` forgets the stored session even of an
+    account that works (re-linking on purpose: the phone must scan again)."""
     account_id = validate_account_id(request.match_info["accountId"])
-    await call_daemon(request, request.app[CONTROL].regenerate_qr, account_id)
+    body = await read_json_object(request)
+    if set(body) - {"newPairing"} or not isinstance(body.get("newPairing", False), bool):
+        raise ApiError(400, "invalid_body", 'expected no body, or {"newPairing": true | false}')
+    await call_daemon(request, request.app[CONTROL].regenerate_qr, account_id, body.get("newPairing", False))
     return json_response({"success": True, "accountId": account_id,
                           "message": "pairing restarted; fetch the new QR in a few seconds"})
