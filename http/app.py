@@ -2,10 +2,17 @@
 What the route modules share is in http/common.py; each resource's routes are one route
 table in http/routes/.
 
-Middleware order (outermost first): request id -> errors -> auth -> handler. The request
-id is outermost so that every response, errors included, carries X-Request-Id and every
-log line of the request names it; errors wraps auth so a refused request gets the same
-JSON error shape as any other.
+Middleware order (outermost first): request id -> headers -> errors -> auth -> rate
+limit -> handler. The request id is outermost so that every response, errors included,
+carries X-Request-Id and every log line of the request names it; errors wraps auth and
+the rate limit so a refused request gets the same JSON error shape as any other.
+
+Hardening: bodies are JSON only (415 otherwise, http/common.py) and at most 64 KiB
+(413); mutating requests (POST, DELETE) are rate-limited per token (429 with
+Retry-After); no CORS headers are ever sent, so other origins' scripts cannot read the
+API (a preflight gets 405); every response says nosniff and no-referrer, API answers are
+not cached. The token is compared in constant time and never logged (log lines carry
+the path only, never headers or query strings).
 
 Authentication is deny-by-default: only the probe paths in PUBLIC_PATHS are open;
 everything else, including paths that match no route, needs `Authorization: Bearer
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import re
 import time
 import uuid
@@ -29,6 +37,7 @@ from aiohttp import web
 from wasync.http.common import (
     CONTROL, EXECUTOR, METRICS, REQUEST_ID, SETTINGS, TIMEOUT_S, ApiError, error_response, request_id_var,
 )
+from wasync.http.ratelimit import RateLimiter
 from wasync.runtime import bridge
 from wasync.runtime.config import ConfigError, Settings
 from wasync.runtime.control import DaemonControl, RunsElsewhere, UnknownAccount
@@ -48,13 +57,18 @@ ADMIN_TIMEOUT_S = 5.0  # how long an admin request waits for the daemon
 MAX_BODY_BYTES = 64 * 1024  # admin bodies are tiny; refuse anything bigger early
 BRIDGE_WORKERS = 8  # a few slow calls (pairing by code) must not hold every admin request
 
+# How the app is served (the daemon, and the tests): aiohttp's own access log is off, as it
+# would write every request line, query strings included, a second time at info level;
+# request_id_middleware logs each request once, path only.
+RUNNER_OPTIONS = {"access_log": None}
+
 # Accept a caller's id only if it is short and harmless in a log line.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 _STATUS_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
     405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
-    500: "internal_error", 503: "unavailable", 504: "timeout",
+    429: "rate_limited", 500: "internal_error", 503: "unavailable", 504: "timeout",
 }
 
 
@@ -90,6 +104,16 @@ async def request_id_middleware(request: web.Request, handler):
 
 
 @web.middleware
+async def headers_middleware(request: web.Request, handler):
+    response = await handler(request)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if request.path.startswith("/api/"):
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+@web.middleware
 async def error_middleware(request: web.Request, handler):
     try:
         return await handler(request)
@@ -122,6 +146,24 @@ async def error_middleware(request: web.Request, handler):
         # Full detail goes to the log (with the request id); the client gets the id only.
         log.exception("[http] rid=%s unexpected error on %s %s", request_id_var.get(), request.method, request.path)
         return error_response(500, "internal_error", "internal error; see the daemon log for this request id")
+
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _rate_limit_middleware(limiter: RateLimiter):
+    @web.middleware
+    async def rate_limit_middleware(request: web.Request, handler):
+        if request.method in MUTATING and not is_public(request.path):
+            # Behind auth: the token is known good (or the API is open on loopback).
+            _, _, token = request.headers.get("Authorization", "").partition(" ")
+            wait_s = limiter.take(RateLimiter.key(token.strip() or "-"), time.monotonic())
+            if wait_s > 0:
+                raise ApiError(429, "rate_limited", "too many changes in a short time; slow down",
+                               {"Retry-After": str(max(1, math.ceil(wait_s)))})
+        return await handler(request)
+
+    return rate_limit_middleware
 
 
 def is_public(path: str) -> bool:
@@ -161,7 +203,8 @@ def create_app(control: DaemonControl, settings: Settings, metrics: Metrics, *,
                     "(HOST=%s is loopback)", settings.host)
 
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware, _auth_middleware(settings.admin_token)],
+        middlewares=[request_id_middleware, headers_middleware, error_middleware, _auth_middleware(settings.admin_token),
+                     _rate_limit_middleware(RateLimiter(settings.admin_rate_per_minute))],
         client_max_size=MAX_BODY_BYTES)
     app[CONTROL] = control
     app[SETTINGS] = settings

@@ -86,10 +86,13 @@ def normalize_phone(value: Any) -> str:
 
 
 async def read_json_object(request: web.Request) -> dict:
-    """The request body as a JSON object; an empty body counts as {}."""
+    """The request body as a JSON object; an empty body counts as {}. A body must say it
+    is JSON (415 otherwise): a form post from another site is refused before it is read."""
     raw = await request.read()  # over client_max_size -> 413 from aiohttp
     if not raw.strip():
         return {}
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "request bodies must be JSON (Content-Type: application/json)")
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):

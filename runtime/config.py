@@ -232,6 +232,8 @@ VARIABLES: tuple[Var, ...] = (
     Var("auto_repair_cooldown_ms", ("AUTO_REPAIR_COOLDOWN_MINUTES",), duration_ms(60_000, 0), 60 * 60_000),
     Var("degraded_after_ms", ("WHATSAPP_DEGRADED_AFTER_MS",), duration_ms(1, 1000), 300_000),
     Var("repair_alert_webhook_url", ("REPAIR_ALERT_WEBHOOK_URL",), http_url, None, secret=True),
+    Var("admin_rate_per_minute", ("WASYNC_ADMIN_RATE_PER_MINUTE",), int_in(1), 600,
+        help="mutating admin requests (POST, DELETE) a minute per token, in bursts of ten seconds' worth"),
     Var("outbox_poll_ms", ("WASYNC_OUTBOX_POLL_SECONDS",), duration_ms(1000, 100), 10_000,
         help="how often a connected account looks for outbox items queued through another instance "
              "(sends through this instance's API start at once)"),
@@ -291,6 +293,7 @@ class Settings:
     auto_repair_cooldown_ms: int
     degraded_after_ms: int
     repair_alert_webhook_url: Optional[str]
+    admin_rate_per_minute: int
     outbox_poll_ms: int
     outbox_expire_ms: int
     hung_after_ms: int

@@ -241,13 +241,14 @@ def build_system(settings: Settings, clock: Optional[Clock] = None, ticker: Opti
 async def serve(system: System, settings: Settings) -> int:
     from aiohttp import web
 
-    from wasync.http.app import create_app
+    from wasync.http.app import RUNNER_OPTIONS, create_app
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(create_app(system.control, settings, system.metrics), handle_signals=False)
+    runner = web.AppRunner(create_app(system.control, settings, system.metrics), handle_signals=False,
+                           **RUNNER_OPTIONS)
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()

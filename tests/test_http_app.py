@@ -20,7 +20,7 @@ import pykka
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from wasync.http.app import create_app
+from wasync.http.app import RUNNER_OPTIONS, create_app
 from wasync.runtime import bridge, config
 from wasync.runtime.config import ConfigError
 from wasync.runtime.board import Snapshot, StoreHealth
@@ -140,13 +140,16 @@ def settings(**env):
     return config.load({"INSTANCE_ID": "inst-test", **env})
 
 
-def serve(control, body, token: Optional[str] = TOKEN, metrics: Optional[Metrics] = None, **app_kw):
+def serve(control, body, token: Optional[str] = TOKEN, metrics: Optional[Metrics] = None,
+          env: Optional[dict] = None, **app_kw):
     """Run `await body(client)` against the app served on a real loopback port."""
-    env = {"ADMIN_TOKEN": token} if token else {}
+    env = {**({"ADMIN_TOKEN": token} if token else {}), **(env or {})}
     app = create_app(control, settings(**env), metrics or Metrics(), **app_kw)
 
     async def main():
-        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server(**RUNNER_OPTIONS)  # served as the daemon serves it
+        async with TestClient(server) as client:
             return await body(client)
 
     return asyncio.run(main())
