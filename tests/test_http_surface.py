@@ -247,3 +247,12 @@ def test_the_token_is_never_logged(stocked, caplog):
     serve(stocked, body)
     assert caplog.records
     assert not [r for r in caplog.records if TOKEN in r.getMessage()]
+
+
+@pytest.mark.parametrize("payload", [{"newPairing": "yes"}, {"fresh": True}, [True]])
+def test_regenerate_qr_takes_only_a_new_pairing_flag(stocked, payload):
+    async def body(client):
+        code = "invalid_json" if isinstance(payload, list) else "invalid_body"
+        await error_of(await client.post("/api/whatsapp/regenerate-qr/a1", headers=AUTH, json=payload), 400, code)
+
+    serve(stocked, body)

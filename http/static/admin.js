@@ -459,18 +459,16 @@
     poll();
   }
 
-  // regenerate-qr starts a new pairing for an account that needs repair (or was logged out,
-  // or is pairing); any other account restarts and resumes its stored session.
+  // Re-pair is always a new pairing (regenerate-qr with newPairing): the stored session is
+  // forgotten here and the phone scans a new QR code. A plain restart is not what anyone
+  // pressing "Re-pair" means.
   function repair(card, button) {
-    const fresh = ["needs_repair", "logged_out", "pairing"].includes(card.el.dataset.status);
-    const question = fresh
-      ? "Start pairing " + card.id + " over? A new QR code is shown to scan."
-      : "Restart the session of " + card.id + "? It resumes its stored session (a new pairing starts only "
-        + "for an account that needs repair).";
+    const question = "Re-pair " + card.id + "? Its current session is forgotten here and a new QR code "
+      + "is shown: the phone must scan it again (WhatsApp > Linked devices).";
     if (!window.confirm(question)) return;
     act(card, button, async () => {
-      await call("POST", "/api/whatsapp/regenerate-qr/" + encodeURIComponent(card.id));
-      return fresh ? "Pairing restarted: a new QR code appears in a few seconds." : "Session restarted.";
+      await call("POST", "/api/whatsapp/regenerate-qr/" + encodeURIComponent(card.id), {newPairing: true});
+      return "Pairing restarted: a new QR code appears in a few seconds.";
     });
   }
 
