@@ -38,7 +38,10 @@ from wasync.runtime.transport.session import (
 
 log = logging.getLogger("wasync.outbox")
 
-BATCH = 10  # items claimed at once: sent in order, one after the other
+# Items claimed at a time. One: a successor that finds this actor's claim (it died, or its
+# account restarted mid-send) must treat the item as possibly sent, and only the item in
+# the transport call really may be; a batch would turn the rest of it into orphans too.
+BATCH = 1
 SEND_TIMEOUT_S = 30.0
 
 

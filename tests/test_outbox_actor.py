@@ -185,3 +185,20 @@ def test_an_item_queued_too_long_ago_expires(rig):
     rig.start(resend_safe=True).ask(Linked(True))
     assert rig.session.calls == []
     assert status(rig, item).status is OutboxStatus.FAILED and "expired" in status(rig, item).error
+
+
+def test_only_the_item_in_the_transport_call_is_claimed(rig):
+    """A successor treats whatever this actor holds as possibly sent: so it holds one item
+    at a time, the one in the transport call, and a restart mid-send orphans only that."""
+    items = [queue(rig, n) for n in range(3)]
+    seen = []
+    send = rig.session.send_text
+
+    def observing(to_jid, text, message_id=None, timeout_s=30.0):
+        seen.append([rig.store.get_outbox(i.id).status for i in items])
+        return send(to_jid, text, message_id, timeout_s)
+
+    rig.session.send_text = observing
+    rig.start(resend_safe=False).ask(Linked(True))
+    S, Q, D = OutboxStatus.SENT, OutboxStatus.QUEUED, OutboxStatus.SENDING
+    assert seen == [[D, Q, Q], [S, D, Q], [S, S, D]]
