@@ -197,9 +197,7 @@ class SqliteOwnership:
 
     def record_outbox_sent(self, item_id: str, wa_message_id: str, ts_ms: int, now_ms: int) -> OutboxItem:
         with self._write() as conn:
-            item = self._outbox_row(conn, item_id)
-            if item is None:
-                raise NotFound(f"outbox item {item_id} does not exist")
+            item = self._stored_outbox(conn, item_id)
             done = outbox.sent(item, wa_message_id, ts_ms, now_ms)
             if done is item:
                 return item
@@ -211,9 +209,7 @@ class SqliteOwnership:
 
     def settle_outbox(self, item_id: str, claim: Claim, outcome: OutboxItem, now_ms: int) -> OutboxItem:
         with self._write() as conn:
-            item = self._outbox_row(conn, item_id)
-            if item is None:
-                raise NotFound(f"outbox item {item_id} does not exist")
+            item = self._stored_outbox(conn, item_id)
             if not outbox.holds(item, claim):
                 raise StaleFence(f"outbox item {item_id} is {item.status.value} under claim {item.claim_id} "
                                  f"({item.claimed_by}@{item.claim_epoch}), not {claim.claim_id}")
@@ -224,13 +220,17 @@ class SqliteOwnership:
 
     def decide_outbox(self, item_id: str, decision: Decision, now_ms: int) -> OutboxItem:
         with self._write() as conn:
-            item = self._outbox_row(conn, item_id)
-            if item is None:
-                raise NotFound(f"outbox item {item_id} does not exist")
+            item = self._stored_outbox(conn, item_id)
             decided = outbox.decide(item, decision, now_ms)
             self._put_outbox(conn, decided)
             self._upsert(conn, [decided.message()], now_ms)
             return decided
+
+    def _stored_outbox(self, conn, item_id: str) -> OutboxItem:
+        item = self._outbox_row(conn, item_id)
+        if item is None:
+            raise NotFound(f"outbox item {item_id} does not exist")
+        return item
 
     @staticmethod
     def _outbox_row(conn, item_id: str) -> Optional[OutboxItem]:
