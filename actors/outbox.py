@@ -33,7 +33,7 @@ from wasync.runtime.outbox import Claim, OutboxItem, OutboxStatus
 from wasync.runtime.store.base import Fence, StaleFence, StoreError
 from wasync.runtime.ticker import Timers
 from wasync.runtime.transport.session import (
-    InvalidRecipient, NotConnected, NotOnWhatsApp, RateLimited, SendResult,
+    InvalidRecipient, NotConnected, NotOnWhatsApp, RateLimited, Refused, SendResult,
 )
 
 log = logging.getLogger("wasync.outbox")
@@ -139,7 +139,7 @@ class OutboxActor(pykka.ThreadingActor):
         except (NotConnected, RateLimited) as exc:  # certainly not sent
             self.connected = self.connected and not isinstance(exc, NotConnected)
             self._settle(item, outbox.retry(item, f"{exc.reason}: {exc}", self.deps.clock.wall_ms()), "retry")
-        except (InvalidRecipient, NotOnWhatsApp) as exc:  # never will be
+        except (InvalidRecipient, NotOnWhatsApp, Refused) as exc:  # never will be
             self._settle(item, outbox.give_up(item, OutboxStatus.FAILED, f"{exc.reason}: {exc}",
                                               self.deps.clock.wall_ms()), "failed")
         except Exception as exc:  # it may have gone out

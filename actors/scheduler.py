@@ -37,7 +37,7 @@ from wasync.runtime.backfill import Job, JobOutcome, JobRun, Trigger
 from wasync.runtime.board import Board
 from wasync.runtime.clock import Clock
 from wasync.runtime.metrics import Metrics
-from wasync.runtime.store.base import Fence, StaleFence
+from wasync.runtime.store.base import Fence, StaleFence, StoreError
 from wasync.runtime.ticker import Timers
 from wasync.runtime.transport.session import NotConnected
 
@@ -327,7 +327,7 @@ class SchedulerActor(pykka.ThreadingActor):
                      msg.error or f"held by {msg.holder}")
             if run.reply is not None:
                 fail(run.reply, BackfillRunning(run.account_id, msg.holder) if msg.error is None
-                     else RuntimeError(msg.error))
+                     else StoreError(msg.error))
             return
         run.phase = "walking"
         ttl_ms = self.config.backfill_lock_ms if run.job is Job.BACKFILL else self.config.recent_lock_ms

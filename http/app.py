@@ -10,7 +10,7 @@ the rate limit so a refused request gets the same JSON error shape as any other.
 Hardening: bodies are JSON only (415 otherwise, http/common.py) and at most 64 KiB
 (413); mutating requests (POST, DELETE) are rate-limited per token (429 with
 Retry-After); no CORS headers are ever sent, so other origins' scripts cannot read the
-API (a preflight gets 405); every response says nosniff and no-referrer, API answers are
+API (a preflight, which carries no token, gets 401); every response says nosniff and no-referrer, API answers are
 not cached. The token is compared in constant time and never logged (log lines carry
 the path only, never headers or query strings).
 
@@ -44,7 +44,7 @@ from wasync.runtime.control import DaemonControl, RunsElsewhere, UnknownAccount
 from wasync.runtime.metrics import Metrics
 from wasync.runtime.store.base import StoreError
 from wasync.runtime.transport.session import (
-    CapabilityAbsent, InvalidRecipient, NotConnected, RateLimited, SessionError,
+    CapabilityAbsent, InvalidRecipient, NotConnected, NotOnWhatsApp, RateLimited, Refused, SessionError,
 )
 
 log = logging.getLogger("wasync.http")
@@ -77,6 +77,8 @@ _STATUS_CODES = {
 _SESSION_ERRORS = {
     NotConnected: (409, "not_connected"),
     InvalidRecipient: (400, "invalid_recipient"),
+    NotOnWhatsApp: (400, "not_on_whatsapp"),
+    Refused: (409, "refused"),
     RateLimited: (429, "rate_limited"),
     CapabilityAbsent: (501, "not_supported"),
 }
@@ -215,11 +217,11 @@ def create_app(control: DaemonControl, settings: Settings, metrics: Metrics, *,
     # Imported here, not at the top: route modules are leaves that import http.common.
     from wasync.http.routes import (
         account_health, accounts, admin_page, backfill, conversations, dashboard, debug, health, instances,
-        metrics as metrics_routes, outbox, pairing,
+        metrics as metrics_routes, openapi, outbox, pairing,
     )
 
     for module in (health, metrics_routes, accounts, pairing, account_health, dashboard, instances, backfill,
-                   conversations, outbox, admin_page):
+                   conversations, outbox, admin_page, openapi):
         app.add_routes(module.routes)
     if settings.debug_faults:
         app.add_routes(debug.routes)

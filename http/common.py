@@ -97,6 +97,8 @@ async def read_json_object(request: web.Request) -> dict:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "request body nests too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "request body must be a JSON object")
     return body

@@ -131,6 +131,10 @@ def message_text(text: object) -> str:
         raise BadSend("text_too_long", f"text is {len(text)} characters; WhatsApp takes at most {MAX_TEXT_CHARS}")
     if "\x00" in text:
         raise BadSend("invalid_text", "text must not contain NUL characters")
+    try:
+        text.encode("utf-8")  # what protobuf (neonize) and Firestore need: no lone surrogates
+    except UnicodeEncodeError:
+        raise BadSend("invalid_text", "text must be valid Unicode (no lone surrogates)") from None
     return text
 
 

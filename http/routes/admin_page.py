@@ -39,7 +39,8 @@ async def page(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/admin/")
 async def page_slash(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPFound("/admin")
+    # Returned, not raised: a raised redirect would skip the middlewares' headers.
+    return web.Response(status=302, headers={"Location": "/admin"})
 
 
 @routes.get("/admin/assets/{name}")

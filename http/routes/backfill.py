@@ -36,7 +36,7 @@ routes.post("/api/admin/backfill/{accountId}")(_start)
 async def status(request: web.Request) -> web.Response:
     account_id = validate_account_id(request.match_info["accountId"])
     raw = request.query.get("threads", str(STATUS_THREADS))
-    if not raw.isdigit() or not 1 <= int(raw) <= STATUS_THREADS_MAX:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= STATUS_THREADS_MAX:
         raise ApiError(400, "invalid_threads", f"threads must be an integer from 1 to {STATUS_THREADS_MAX}")
     control = request.app[CONTROL]
     doc, threads = await call_daemon(request, control.backfill_status, account_id, int(raw))

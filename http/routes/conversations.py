@@ -28,7 +28,7 @@ def page_args(request: web.Request, allowed: set[str]) -> tuple[int, Optional[st
         raise ApiError(400, "unknown_parameter", f"unknown query parameter(s): {', '.join(unknown)}; "
                                                  f"allowed: {', '.join(sorted(allowed))}")
     raw = request.query.get("limit", str(DEFAULT_LIMIT))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise ApiError(400, "invalid_limit", f"limit must be an integer from 1 to {MAX_LIMIT}")
     cursor = request.query.get("cursor") or None
     if cursor is not None and len(cursor) > 512:

@@ -49,6 +49,10 @@ async def send_message(request: web.Request) -> web.Response:
 @routes.get("/api/whatsapp/outbox/{accountId}")
 async def list_items(request: web.Request) -> web.Response:
     account_id = validate_account_id(request.match_info["accountId"])
+    unknown = sorted(set(request.query) - {"status", "limit"})
+    if unknown:
+        raise ApiError(400, "unknown_parameter", f"unknown query parameter(s): {', '.join(unknown)}; "
+                                                 "allowed: limit, status")
     raw = request.query.get("status", "queued,sending,unknown,failed")
     try:
         statuses = [OutboxStatus(s) for s in raw.split(",")]
@@ -56,7 +60,7 @@ async def list_items(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_status", "status must be a comma-separated list of: "
                                               + ", ".join(s.value for s in OutboxStatus)) from None
     limit = request.query.get("limit", "100")
-    if not limit.isdigit() or not 1 <= int(limit) <= LIST_MAX:
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= LIST_MAX:
         raise ApiError(400, "invalid_limit", f"limit must be an integer from 1 to {LIST_MAX}")
     items = await call_daemon(request, request.app[CONTROL].list_outbox, account_id, statuses, int(limit))
     return json_response({"success": True, "accountId": account_id, "items": [outbox_api(i) for i in items]})

@@ -53,6 +53,14 @@ class NotOnWhatsApp(SessionError):
     reason = "not_on_whatsapp"
 
 
+class Refused(SessionError):
+    """WhatsApp (or the transport) said no to this request as it stands: the account's
+    state does not allow it (pairing by code while not pairing), or the input is not
+    acceptable. Not sent, and sending it again unchanged cannot help."""
+
+    reason = "refused"
+
+
 class RateLimited(SessionError):
     reason = "rate_limited"
 
@@ -80,7 +88,8 @@ class Session(Protocol):
                   timeout_s: float = 30.0) -> SendResult:
         """Send a text; `message_id` only where `capabilities.chosen_message_ids`. Raises
         NotConnected or RateLimited when it certainly did not go out, InvalidRecipient or
-        NotOnWhatsApp when it never will, and any other SessionError when it may have."""
+        NotOnWhatsApp or Refused when it never will, and any other SessionError when it may
+        have."""
 
     def mark_read(self, chat_jid: str, sender_jid: Optional[str], message_ids: list[str], ts_ms: int) -> None: ...
 

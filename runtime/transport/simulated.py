@@ -30,13 +30,13 @@ from wasync.runtime.backoff import Backoff
 from wasync.runtime.sim import wire
 from wasync.runtime.transport.session import (
     Capabilities, EventSink, HistoryDirection, InvalidRecipient, MessageRef, NotConnected, NotOnWhatsApp, RateLimited,
-    SendResult, SessionError,
+    Refused, SendResult, SessionError,
 )
 
 log = logging.getLogger("wasync.transport.sim")
 
 _ERRORS = {wire.NOT_CONNECTED: NotConnected, wire.INVALID_RECIPIENT: InvalidRecipient,
-           wire.RATE_LIMITED: RateLimited, wire.NOT_ON_WHATSAPP: NotOnWhatsApp}
+           wire.RATE_LIMITED: RateLimited, wire.NOT_ON_WHATSAPP: NotOnWhatsApp, wire.BAD_REQUEST: Refused}
 _NO_RECONNECT = ("stream_replaced", "logged_out", "banned")
 
 
