@@ -19,7 +19,9 @@ from wasync.runtime.outbox import OutboxItem, OutboxStatus, Claim
 from wasync.runtime.store.base import Fence, StoreError
 from wasync.runtime.store.sqlite import SqliteStore
 from wasync.runtime.ticker import FakeTicker
-from wasync.runtime.transport.session import InvalidRecipient, NotConnected, SendResult, SessionError
+from wasync.runtime.transport.session import (
+    InvalidRecipient, NotConnected, NotOnWhatsApp, Refused, SendResult, SessionError,
+)
 
 CHAT = "15552223333@s.whatsapp.net"
 
@@ -123,12 +125,16 @@ def test_certainly_not_sent_is_retried_later_and_never_twice(rig):
     assert len(rig.session.calls) == 2 and results(rig)["retry"] == 1
 
 
-def test_a_refused_recipient_fails_for_good(rig):
+@pytest.mark.parametrize("refusal,reason", [(InvalidRecipient("no such user"), "invalid_recipient"),
+                                            (NotOnWhatsApp("15559990000 is not on WhatsApp"), "not_on_whatsapp"),
+                                            (Refused("message id taken by another message"), "refused")])
+def test_a_refused_send_fails_for_good(rig, refusal, reason):
     item = queue(rig, 1)
-    rig.session.script.append(InvalidRecipient("no such user"))
+    rig.session.script.append(refusal)
     rig.start(resend_safe=True).ask(Linked(True))
     failed = status(rig, item)
-    assert failed.status is OutboxStatus.FAILED and "invalid_recipient" in failed.error
+    assert failed.status is OutboxStatus.FAILED and reason in failed.error
+    assert len(rig.session.calls) == 1
     doc = rig.store.get_message("a1", CHAT, item.id)
     assert (doc["status"], doc["sendError"]) == ("failed", failed.error)
 
