@@ -168,6 +168,9 @@ class OutboxActor(pykka.ThreadingActor):
         if self._write(item.id, lambda: self.deps.store.settle_outbox(item.id, self.claim, outcome,
                                                                       self.deps.clock.wall_ms())):
             self._count(result)
+            if outcome.status is OutboxStatus.QUEUED:  # look again when it is due, not at the next poll
+                delay_s = max(0, outcome.next_attempt_at_ms - self.deps.clock.wall_ms()) / 1000
+                self.deps.ticker.later(self.actor_ref, Poke(), delay_s)
             level = logging.INFO if outcome.status is OutboxStatus.QUEUED else logging.WARNING
             log.log(level, "[outbox] accountId=%s item=%s %s: %s", self.account_id, item.id, result, outcome.error)
 
