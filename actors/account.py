@@ -341,6 +341,7 @@ class AccountActor(pykka.ThreadingActor):
                     f = replace(f, link=Link.DISCONNECTED)
             case m.StreamReplaced():
                 f = replace(f, link=Link.DISCONNECTED)
+                self.deps.ingest.metrics.account_stream_replaced.labels(self.account_id).inc()
                 log.warning("[lease] accountId=%s StreamReplaced: another client owns this session", self.account_id)
                 self._tell_supervisor(sp.SessionReplaced(self.account_id, self.generation))
             case m.LoggedOut():
@@ -365,6 +366,7 @@ class AccountActor(pykka.ThreadingActor):
                             logged_out_reason=None, jid=event.jid, phone=phone)
                 self._tell_supervisor(sp.SessionPaired(self.account_id, self.generation, event.jid, phone))
             case m.ConnectFailure():
+                self.deps.ingest.metrics.connect_failures.labels(str(event.reason) or "unknown").inc()
                 f = replace(f, realtime_error=f"connect failure: {event.reason} {event.message}".strip())
         self.facts = f
 

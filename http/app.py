@@ -98,6 +98,12 @@ async def request_id_middleware(request: web.Request, handler):
         response.headers["X-Request-Id"] = rid
         return response
     finally:
+        # By route template (never the raw path: ids would make a series per account).
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        metrics = request.app[METRICS]
+        metrics.http_requests.labels(route, request.method, str(status)).inc()
+        metrics.http_seconds.labels(route).observe(time.monotonic() - started)
         # Probes are scraped every few seconds: keep them out of the info log.
         level = logging.DEBUG if request.path in PUBLIC_PATHS and status < 500 else logging.INFO
         log.log(level, "[http] rid=%s method=%s path=%s status=%s durationMs=%d", rid, request.method,

@@ -10,12 +10,22 @@ per-state gauges are set from the published `Snapshot` when `/metrics` is scrape
 """
 from __future__ import annotations
 
+import platform
 import threading
+from importlib import metadata
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector,
+    disable_created_metrics, generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from wasync.runtime.model import AccountStatus
+
+# Counters would otherwise each carry a `_created` series, doubling what is scraped (and
+# 500 accounts' worth of series) for a value no alert or panel uses.
+disable_created_metrics()
 
 # The content type that matches what `generate_latest` writes (same pairing the
 # library's own exposition uses).
@@ -40,6 +50,16 @@ RUN_RESULTS = ("ok", "error", "unavailable", "locked", "fenced", "interrupted")
 
 
 OUTBOX_RESULTS = ("sent", "retry", "failed", "unknown", "expired")
+RESTART_REASONS = ("failure", "degraded", "hung", "session_failed", "start_failed")
+ALERT_RESULTS = ("delivered", "failed_attempts", "given_up")
+HTTP_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class Metrics:
@@ -48,6 +68,13 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # The process itself: memory, CPU, open fds (Linux), Python, garbage collection.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        r.register(GC_COLLECTOR)
+        self.build_info = Gauge("wasync_build_info", "Always 1: the versions this process runs",
+                                ("version", "python", "neonize"), registry=r)
+        self.build_info.labels(_version("wasync"), platform.python_version(), _version("neonize")).set(1)
 
         # --- ingest -------------------------------------------------------------
         self.messages_ingested = Counter(
@@ -103,6 +130,24 @@ class Metrics:
         self.stream_replaced = Counter(
             "wasync_stream_replaced_total", "Sessions stopped because another client took them over (StreamReplaced)",
             registry=r)
+        self.account_status = Gauge(
+            "wasync_account_status", "1 for each account's current status on this instance (one series per account)",
+            ("account", "status"), registry=r)
+        self.account_last_real_message = Gauge(
+            "wasync_account_last_real_message_timestamp_seconds", "When the account's last real message came in",
+            ("account",), registry=r)
+        self.account_recent_restarts = Gauge(
+            "wasync_account_recent_restarts", "Restarts of the account counted against the intensity limit now",
+            ("account",), registry=r)
+        self.account_stream_replaced = Counter(
+            "wasync_account_stream_replaced_total", "StreamReplaced seen per account (another client took the "
+            "session)", ("account",), registry=r)
+        self.connect_failures = Counter(
+            "wasync_connect_failures_total", "Connections WhatsApp refused (ConnectFailure), by reason",
+            ("reason",), registry=r)
+        self.start_queue = Gauge(
+            "wasync_start_queue_depth", "Accounts owned here waiting for a start slot (WASYNC_MAX_STARTS_PER_SECOND)",
+            registry=r)
         # --- leases ------------------------------------------------------------
         self.leases_held = Gauge("wasync_leases_held", "Account leases this instance holds", registry=r)
         self.live_instances = Gauge("wasync_live_instances", "Instances whose heartbeat moved within a lease",
@@ -144,6 +189,14 @@ class Metrics:
         self.outbox_send_seconds = Histogram(
             "wasync_outbox_send_seconds", "Time of one transport send call", registry=r)
 
+        # --- HTTP ------------------------------------------------------------------
+        self.http_requests = Counter(
+            "wasync_http_requests_total", "HTTP requests answered, by route template, method and status",
+            ("route", "method", "status"), registry=r)
+        self.http_seconds = Histogram(
+            "wasync_http_request_seconds", "HTTP request duration, by route template", ("route",),
+            buckets=HTTP_SECONDS_BUCKETS, registry=r)
+
         self.actor_failures = Counter(
             "wasync_actor_failures_total", "Actor crashes reported to the supervisor, by actor kind",
             ("actor",), registry=r)
@@ -152,8 +205,12 @@ class Metrics:
         # first scrape instead of only after the first event of each kind.
         for cls in ("real", "protocol"):
             self.message_class.labels(cls)
-        for reason in ("failure", "degraded", "hung", "session_failed", "start_failed"):
+        for reason in RESTART_REASONS:
             self.restarts.labels(reason)
+        for actor in ("account", "supervisor", "writer", "outbox", "scheduler"):
+            self.actor_failures.labels(actor)
+        for op in ("messages", "receipts", "edits", "revokes", "threads", "accounts"):
+            self.store_errors.labels(op)
         for reason in ("free", "released", "expired"):
             self.lease_acquired.labels(reason)
         for reason in ("taken", "deadline", "rebalancing", "removed", "fenced", "unwanted"):
@@ -171,6 +228,12 @@ class Metrics:
 
         self._lock = threading.Lock()  # update_from_snapshot may run on several threads
         self._repair_labels: set[str] = set()
+        self._status_labels: set[tuple[str, str]] = set()
+        self._account_labels: set[str] = set()
+
+    def watch_alerts(self, alerts) -> None:
+        """Re-pair webhook deliveries, read from the alerts sender at each scrape."""
+        self.registry.register(_AlertCollector(alerts))
 
     def update_from_snapshot(self, snapshot) -> None:
         """Set the state gauges from a published `Snapshot`. Accounts that left the
@@ -191,11 +254,50 @@ class Metrics:
             for account_id, value in repair.items():
                 self.account_needs_repair.labels(account_id).set(value)
             self._repair_labels = set(repair)
+            self._per_account(snapshot.accounts)
+            self.start_queue.set(sum(1 for a in snapshot.accounts if not a.running and getattr(
+                a.status, "value", a.status) in (AccountStatus.CONNECTING.value, AccountStatus.PAIRING.value)))
             self.spool_depth.set(snapshot.spool_depth)
             age_ms = snapshot.spool_oldest_age_ms
             self.spool_oldest_age.set(0 if age_ms is None else age_ms / 1000)
             self.store_up.set(1 if snapshot.store.connected else 0)
 
+    def _per_account(self, accounts) -> None:
+        """What an operator of 500 accounts looks up per account (held under self._lock)."""
+        statuses = {(a.account_id, getattr(a.status, "value", a.status)) for a in accounts}
+        for gone in self._status_labels - statuses:
+            self.account_status.remove(*gone)
+        for labels in statuses:
+            self.account_status.labels(*labels).set(1)
+        self._status_labels = statuses
+        ids = {a.account_id for a in accounts}
+        for gone in self._account_labels - ids:
+            for gauge in (self.account_last_real_message, self.account_recent_restarts):
+                try:
+                    gauge.remove(gone)
+                except KeyError:
+                    pass
+        for a in accounts:
+            self.account_recent_restarts.labels(a.account_id).set(a.restarts)
+            if a.last_real_message_ms is not None:
+                self.account_last_real_message.labels(a.account_id).set(a.last_real_message_ms / 1000)
+        self._account_labels = ids
+
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry (serve with CONTENT_TYPE)."""
         return generate_latest(self.registry)
+
+
+class _AlertCollector:
+    """`wasync_alert_webhook_deliveries_total{result}` from `Alerts.stats()` at scrape time."""
+
+    def __init__(self, alerts) -> None:
+        self.alerts = alerts
+
+    def collect(self):
+        family = CounterMetricFamily("wasync_alert_webhook_deliveries", "Re-pair alert webhook calls, by result: "
+                                     "delivered, failed_attempts (retried), given_up", labels=("result",))
+        stats = self.alerts.stats()
+        for result in ALERT_RESULTS:
+            family.add_metric((result,), stats.get(result, 0))
+        yield family
