@@ -21,14 +21,15 @@ run: $(STAMP)
 test: $(STAMP) test-deps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-# The neonize session-store tests start a throwaway PostgreSQL cluster and the admin
-# page is tested in Debian's Chromium (both from Debian's packages, installed when
-# missing; the gcloud Firestore emulator is on the machine image already).
+# The neonize session-store tests start a throwaway PostgreSQL cluster, the admin page
+# is tested in Debian's Chromium and the alert rules with promtool (Debian's prometheus),
+# all installed when missing; the gcloud Firestore emulator is on the machine image already.
 test-deps:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v chromium >/dev/null || { \
-	  echo "installing PostgreSQL and Chromium for the tests (apt)"; \
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v chromium >/dev/null \
+	  && command -v promtool >/dev/null || { \
+	  echo "installing PostgreSQL, Chromium and promtool for the tests (apt)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	    postgresql chromium; }
+	    postgresql chromium prometheus; }
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/store_ingest.py
