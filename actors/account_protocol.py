@@ -48,6 +48,11 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class Summarize:
+    """The ticker: time for the account's periodic [realtime] summary line."""
+
+
+@dataclass(frozen=True)
 class SendWaiting:
     """An outbox item of this account was queued through this instance: send it now."""
 
@@ -105,5 +110,5 @@ class RequestOverdue:
     seq: int
 
 
-AccountMsg = Union[Wake, Probe, StopSession, PairPhone, Fault, SendWaiting, NewFence, RunWalk, CancelWalk, PlanRead,
+AccountMsg = Union[Wake, Probe, StopSession, PairPhone, Fault, Summarize, SendWaiting, NewFence, RunWalk, CancelWalk, PlanRead,
                    RequestSent, RequestOverdue]

@@ -104,8 +104,9 @@ async def request_id_middleware(request: web.Request, handler):
         metrics = request.app[METRICS]
         metrics.http_requests.labels(route, request.method, str(status)).inc()
         metrics.http_seconds.labels(route).observe(time.monotonic() - started)
-        # Probes are scraped every few seconds: keep them out of the info log.
-        level = logging.DEBUG if request.path in PUBLIC_PATHS and status < 500 else logging.INFO
+        # One line per request would flood journald (probes every few seconds, an admin
+        # page polling every 2 s): debug, unless the daemon failed the request.
+        level = logging.WARNING if status >= 500 else logging.DEBUG
         log.log(level, "[http] rid=%s method=%s path=%s status=%s durationMs=%d", rid, request.method,
                 request.path, status, (time.monotonic() - started) * 1000)
         request_id_var.reset(token)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
+
+from wasync.runtime.logs import setup_logging
 
 COMMANDS = {
     "run": "run the daemon (HTTP on HOST:PORT; settings from the environment)",
@@ -21,16 +22,6 @@ def _usage() -> str:
     lines = ["usage: wasync COMMAND [options]", "", "commands:"]
     lines += [f"  {name:9} {text}" for name, text in COMMANDS.items()]
     return "\n".join(lines)
-
-
-def setup_logging(level: str) -> None:
-    """Before anything imports neonize: its import calls logging.basicConfig, which is a
-    no-op once the root logger has a handler."""
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    if level != "debug":
-        for noisy in ("neonize", "whatsmeow", "aiohttp.access"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _settings():
@@ -60,7 +51,7 @@ def run(argv: list[str]) -> int:
         from wasync.runtime.config import reexec_for_neonize
 
         reexec_for_neonize(["run", *argv])
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     import asyncio
 
     from wasync.runtime.daemon import build_system, serve

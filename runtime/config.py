@@ -190,6 +190,8 @@ VARIABLES: tuple[Var, ...] = (
     Var("sessions_dsn", ("SESSIONS_DSN",), postgres_dsn, None, secret=True, help="shared PostgreSQL session store"),
     Var("transport", ("WASYNC_TRANSPORT",), transport, "neonize", help="neonize or sim://host:port"),
     Var("log_level", ("LOG_LEVEL",), one_of("debug", "info", "warning", "error"), "info"),
+    Var("log_format", ("LOG_FORMAT",), one_of("text", "json"), "text",
+        help="json: one JSON object per line (journald, Loki), with the [tag] and key=value figures as fields"),
     Var("max_starts_per_second", ("WASYNC_MAX_STARTS_PER_SECOND",), positive_float, 5.0),
     Var("lease_ms", ("WASYNC_LEASE_MS",), lease_ms, 15000, help="socket-ownership lease"),
     Var("store", ("WASYNC_STORE",), one_of("sqlite", "firestore"), "sqlite"),
@@ -243,6 +245,13 @@ VARIABLES: tuple[Var, ...] = (
         help="an account actor that has not answered the supervisor's liveness ask this long is replaced"),
     Var("debug_faults", ("WASYNC_DEBUG_FAULTS",), parse_bool, False,
         help="enable POST /api/admin/debug/fault (fault injection for tests; never in production)"),
+    # Set by systemd for a Type=notify unit (sd_notify(3)), not by operators: runtime/sdnotify.py.
+    Var("notify_socket", ("NOTIFY_SOCKET",), non_empty, None,
+        help="set by systemd: where READY=1, STATUS, STOPPING=1 and WATCHDOG=1 go"),
+    Var("watchdog_usec", ("WATCHDOG_USEC",), int_in(1), None,
+        help="set by systemd (WatchdogSec=): ping at least every half of it"),
+    Var("watchdog_pid", ("WATCHDOG_PID",), int_in(1), None,
+        help="set by systemd: the process WATCHDOG_USEC is meant for (others do not ping)"),
 )
 
 AUTO_BACKFILL_SWITCHES = ("WHATSAPP_AUTO_BACKFILL_ENABLED", "AUTO_BACKFILL_ENABLED")
@@ -259,6 +268,7 @@ class Settings:
     sessions_dsn: Optional[str]
     transport: str
     log_level: str
+    log_format: str
     max_starts_per_second: float
     lease_ms: int
     store: str
@@ -298,6 +308,9 @@ class Settings:
     outbox_expire_ms: int
     hung_after_ms: int
     debug_faults: bool
+    notify_socket: Optional[str]
+    watchdog_usec: Optional[int]
+    watchdog_pid: Optional[int]
     # where each field's value came from: "default", "env NAME" or "legacy NAME"
     sources: tuple[tuple[str, str], ...] = ()
 
