@@ -13,9 +13,11 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 # NEONIZE_BOT_TAG=off: neonize's Go library reads it only from the starting environment
-# (wasync run also re-executes itself once to make sure of it).
+# (wasync run also re-executes itself once to make sure of it). `exec`: the daemon is
+# make's own child, so the SIGTERM make forwards to its children reaches it and it drains
+# (without it the shell got the signal and the daemon ran on).
 run: $(STAMP)
-	NEONIZE_BOT_TAG=off $(VENV)/bin/wasync run
+	exec env NEONIZE_BOT_TAG=off $(VENV)/bin/wasync run
 
 # pytest exits 5 when it collected no test: make treats that as a failure, as it must.
 test: $(STAMP) test-deps
