@@ -49,6 +49,8 @@ def main(argv: list[str], settings) -> int:
     parser.add_argument("account_id")
     parser.add_argument("--phone", help="pair by code typed on this phone instead of scanning a QR")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for success")
+    parser.add_argument("--new", action="store_true",
+                        help="forget the account's current session and pair it anew (re-link a working account)")
     args = parser.parse_args(argv)
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     api = Api(f"http://{host}:{settings.port}", settings.admin_token)
@@ -63,8 +65,16 @@ def main(argv: list[str], settings) -> int:
             print(f"wasync pair: could not add {args.account_id}: {body}", file=sys.stderr)
             return 1
         print(f"added account {args.account_id}; waiting for its pairing code …", file=sys.stderr)
+    elif args.new or account.get("status") in ("needs_repair", "logged_out"):
+        # Resuming the stored session is what did not work (or is not wanted): a new pairing.
+        status, body = api.call("POST", f"/api/whatsapp/regenerate-qr/{args.account_id}", {"newPairing": True})
+        if status != 200:
+            print(f"wasync pair: could not restart pairing of {args.account_id}: {body}", file=sys.stderr)
+            return 1
+        print(f"{args.account_id}: a new pairing starts; waiting for its pairing code …", file=sys.stderr)
     elif account.get("status") == "connected":
-        print(f"{args.account_id} is connected already ({account.get('jid') or account.get('phone')})")
+        print(f"{args.account_id} is connected already ({account.get('jid') or account.get('phone')}); "
+              "--new pairs it anew")
         return 0
     deadline = time.monotonic() + args.timeout
     shown = None

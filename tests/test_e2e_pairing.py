@@ -74,6 +74,26 @@ def test_pair_command_shows_the_qr_and_waits_for_success(world):
     assert any("paired: c1 is connected" in line for line in lines)
 
 
+def test_pair_new_relinks_a_working_account(world):
+    """`wasync pair c1 --new`: the connected c1 forgets its session and shows a new QR."""
+    sim, daemon = world
+    assert status_of(daemon, "c1") == "connected"
+    before = daemon.get("/api/whatsapp/accounts/c1/qr?format=text")[0]
+    assert before == 404  # connected: no QR
+    proc = subprocess.Popen([sys.executable, "-m", "wasync.runtime.cli", "pair", "c1", "--new", "--timeout", "60"],
+                            env={**daemon.env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        code = wait_for(lambda: (lambda r: r[1] if r[0] == 200 else None)(
+            daemon.get("/api/whatsapp/accounts/c1/qr?format=text")), what="a new QR for c1")
+        assert sim.scan(OTHER, code.decode() if isinstance(code, bytes) else code) == 200
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "a new pairing starts" in err and "paired: c1 is connected" in out
+
+
 def test_pair_phone_code_and_regenerate(world):
     sim, daemon = world
     assert daemon.request("POST", "/api/whatsapp/accounts", {"accountId": "d1"})[0] == 201
