@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from wasync.runtime.logs import setup_logging
@@ -14,7 +15,7 @@ COMMANDS = {
     "backfill": "start a backfill of ACCOUNT through the running daemon (--wait: follow it)",
     "doctor": "check what an operator checks first: neonize, paths, store, clock",
     "config": "print the effective settings and where each came from",
-    "sim": "run the simulated WhatsApp service (SIMULATOR.md)",
+    "sim": "run the simulated WhatsApp service (docs/simulator.md)",
 }
 
 
@@ -145,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     if command == "config":
         from wasync.runtime.config import print_config
 
-        return print_config()
+        try:
+            return print_config()
+        except BrokenPipeError:  # `wasync config | head`: the reader had enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     if command == "sim":
         from wasync.runtime.sim.service import main as sim_main
 

@@ -1,4 +1,4 @@
-"""The simulator's time (SIMULATOR.md `--speed`): one injected clock, timeline seconds,
+"""The simulator's time (docs/simulator.md `--speed`): one injected clock, timeline seconds,
 and the timers everything in the simulation waits on. Pure: whoever drives `Timers`
 (service.py on an event loop, a test by hand) calls `run_due()` when `next_due()` comes.
 

@@ -1,4 +1,4 @@
-"""The simulated WhatsApp's session rules (SIMULATOR.md, wire.py): hello, pairing, the
+"""The simulated WhatsApp's session rules (docs/simulator.md, wire.py): hello, pairing, the
 client's operations, and the session actions timeline events share (end a session,
 block, log out). Synchronous and socket-agnostic: service.py hands it each frame and
 each closed socket; it answers through every Conn's Link. Timeline events are applied

@@ -1,4 +1,4 @@
-"""`wasync sim`: the simulated WhatsApp service over HTTP (SIMULATOR.md).
+"""`wasync sim`: the simulated WhatsApp service over HTTP (docs/simulator.md).
 
 One aiohttp application: client sessions on a websocket at wire.SESSION_PATH (the
 protocol is wire.py's) and the control API under /sim/. This module only moves frames
@@ -242,7 +242,7 @@ def create_app(world: World, *, speed: float = 1.0, clock: Optional[Clock] = Non
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wasync sim", description="Run the simulated WhatsApp service.")
-    parser.add_argument("--world", required=True, help="world file (JSON, see SIMULATOR.md)")
+    parser.add_argument("--world", required=True, help="world file (JSON, see docs/simulator.md)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port (logged at start)")
     parser.add_argument("--speed", type=_speed, default=1.0, help="timeline speed factor (10 = ten times faster)")

@@ -1,4 +1,4 @@
-"""The simulated WhatsApp's state and ground truth (SIMULATOR.md): no aiohttp, no sockets.
+"""The simulated WhatsApp's state and ground truth (docs/simulator.md): no aiohttp, no sockets.
 
 What lives here, per account: the chats with every message's `via` and outbound
 status, the outbox of events not acknowledged yet (per-account `seq`), the
@@ -29,7 +29,7 @@ from wasync.runtime.sim.world import STATUSES, Account, Chat, WorldMessage
 
 log = logging.getLogger("wasync.sim")
 
-# `via` of a message in the ground truth (SIMULATOR.md, GET /sim/world).
+# `via` of a message in the ground truth (docs/simulator.md, GET /sim/world).
 HISTORY, LIVE, DROPPED, HELD, SENT = "history", "live", "dropped", "held", "sent"
 
 

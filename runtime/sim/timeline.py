@@ -1,4 +1,4 @@
-"""Timeline events (SIMULATOR.md): the world file's, scheduled when the service starts,
+"""Timeline events (docs/simulator.md): the world file's, scheduled when the service starts,
 and those injected through POST /sim/events. Each kind is one small function over the
 Simulation (engine.py) and the account's state (state.py).
 

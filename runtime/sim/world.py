@@ -1,4 +1,4 @@
-"""The simulator's world file (SIMULATOR.md): parsing and validation.
+"""The simulator's world file (docs/simulator.md): parsing and validation.
 
 Types live in worldmodel.py, deterministic generation in generate.py.
 

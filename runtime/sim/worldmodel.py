@@ -1,4 +1,4 @@
-"""The simulator world's types and vocabulary (SIMULATOR.md): frozen, no I/O.
+"""The simulator world's types and vocabulary (docs/simulator.md): frozen, no I/O.
 
 Shared by the parser (world.py) and the generator (generate.py).
 """
