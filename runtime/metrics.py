@@ -168,10 +168,12 @@ class Metrics:
             "wasync_recent_sync_runs_total", "Recent-sync runs ended, by result (as for backfill runs)",
             ("result",), registry=r)
         self.backfill_messages = Counter(
-            "wasync_backfill_messages_total", "Messages that on-demand history requests brought in, by job",
-            ("job",), registry=r)
+            "wasync_backfill_messages_total", "Messages that on-demand history requests brought in, by kind of run "
+            "(backfill, recent_sync)", ("run",), registry=r)
+        # `run`, not `job`: Prometheus' own `job` label would rename ours to exported_job.
         self.backfill_running = Gauge(
-            "wasync_backfill_running", "Backfill and recent-sync runs going on here, by job", ("job",), registry=r)
+            "wasync_backfill_running", "Backfill and recent-sync runs going on here, by kind of run", ("run",),
+            registry=r)
         self.threads_incomplete = Gauge(
             "wasync_threads_incomplete", "Threads the last backfill of the account looked at whose history is "
             "not known to be complete", ("account",), registry=r)
@@ -183,9 +185,6 @@ class Metrics:
             "wasync_outbox_results_total", "Outbox send attempts ended, by result: sent, retry (certainly not "
             "sent; tried again later), failed (never will be), unknown (may have been sent: an operator decides), "
             "expired", ("result",), registry=r)
-        self.outbox_resends = Counter(
-            "wasync_outbox_resends_total", "Items a dead claimer left mid-send, sent again under the same "
-            "message id (safe: WhatsApp sees one message)", registry=r)
         self.outbox_send_seconds = Histogram(
             "wasync_outbox_send_seconds", "Time of one transport send call", registry=r)
 

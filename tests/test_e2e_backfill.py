@@ -167,7 +167,7 @@ def test_auto_backfill_and_recent_sync_complete_the_world(tmp_path, store_kind):
         metrics = daemon.request("GET", "/metrics")[1]
         metrics = metrics.decode() if isinstance(metrics, bytes) else metrics
         assert re.search(r'wasync_backfill_runs_total\{result="ok"\} [1-9]', metrics)
-        assert re.search(r'wasync_backfill_messages_total\{job="backfill"\} [1-9]', metrics)
+        assert re.search(r'wasync_backfill_messages_total\{run="backfill"\} [1-9]', metrics)
         assert "[auto-backfill] accountId=acc1" in daemon.tail(200_000)
         assert sim.stats()["accounts"][P1]["historyRequests"] > 0
     finally:
