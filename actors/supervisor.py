@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import threading
 from typing import Callable, Optional
 
 import pykka
@@ -57,6 +58,9 @@ from wasync.runtime.transport.session import NotConnected
 log = logging.getLogger("wasync.supervisor")
 
 TICK_S = 2.0
+
+# BlockSupervisor waits on this forever (test-only: the systemd watchdog's tests).
+_NEVER = threading.Event()
 
 # make_child(account_id, phone, generation, supervisor, slot, fresh_pairing, fence) -> the started actor
 ChildFactory = Callable[[str, Optional[str], int, pykka.ActorRef, SessionSlot, bool, Optional[Fence]], pykka.ActorRef]
@@ -142,6 +146,10 @@ class SupervisorActor(pykka.ThreadingActor):
             case sp.InjectFault(account_id=a, kind=kind, reply=reply):
                 if self._to_child(a, Fault(kind), reply):
                     answer(reply)
+            case sp.BlockSupervisor(reply=reply):
+                log.warning("[supervisor] injected fault: the supervisor blocks for good")
+                answer(reply)
+                _NEVER.wait()
             case sp.ToAccount(account_id=a, message=order, on_absent=on_absent):
                 w = self.watches.get(a)
                 try:

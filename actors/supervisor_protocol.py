@@ -166,6 +166,15 @@ class InjectFault:
 
 
 @dataclass(frozen=True)
+class BlockSupervisor:
+    """Test-only (WASYNC_DEBUG_FAULTS): the supervisor sets `reply`, then blocks in this
+    handler for good, a stand-in for a supervisor stuck in a call (tests of the systemd
+    watchdog, which stops pinging when the supervisor no longer answers)."""
+
+    reply: Reply
+
+
+@dataclass(frozen=True)
 class ToAccount:
     """Orders for an account's actor from outside the supervision tree (the scheduler's
     history walks, the API's "send now"): the supervisor owns the actors and hands them
@@ -198,5 +207,5 @@ class RunningAccounts:
 
 SupervisorMsg = Union[Owned, Lost, Tick, StartDue, Facts, ChildFailed, SessionStopped, ChildStopped,
                       SessionLoggedOut, SessionReplaced, SessionBanned, SessionPaired, WriteRejected,
-                      RestartAccount, RequestPairingCode, InjectFault, ToAccount, StopSessions, OpenSessions,
-                      RunningAccounts]
+                      RestartAccount, RequestPairingCode, InjectFault, BlockSupervisor, ToAccount, StopSessions,
+                      OpenSessions, RunningAccounts]

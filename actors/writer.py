@@ -25,7 +25,7 @@ import pykka
 
 from wasync.actors.supervisor_protocol import WriteRejected
 from wasync.actors.writer_protocol import (
-    AccountUpdate, Drain, FlushDue, IngestBatch, StoreAnswers, StoreFlushDue, WriterMsg,
+    AccountUpdate, Drain, FlushDue, IngestBatch, Ping, StoreAnswers, StoreFlushDue, WriterMsg,
 )
 from wasync.runtime.account import AccountPatch
 from wasync.runtime.backoff import Backoff
@@ -94,6 +94,8 @@ class StoreWriterActor(pykka.ThreadingActor):
                         self._flush_store()
                 case Drain():
                     return self._drain()
+                case Ping():
+                    return True
         except Exception:
             # Never let the writer die: what waits is kept (see _flush), count, retry later.
             log.exception("[realtime] writer: unexpected error; retrying")

@@ -60,4 +60,9 @@ class Drain:
     """Ask (shutdown): flush now; answers True when nothing is left waiting."""
 
 
-WriterMsg = Union[IngestBatch, AccountUpdate, FlushDue, StoreFlushDue, StoreAnswers, Drain]
+@dataclass(frozen=True)
+class Ping:
+    """Ask (the systemd watchdog): answers True; an answer in time means the writer is not stuck."""
+
+
+WriterMsg = Union[IngestBatch, AccountUpdate, FlushDue, StoreFlushDue, StoreAnswers, Drain, Ping]

@@ -18,7 +18,9 @@ from wasync.actors.leases_protocol import Refresh
 from wasync.actors.reply import new_reply
 from wasync.actors.scheduler_protocol import StartBackfill
 from wasync.actors.account_protocol import SendWaiting
-from wasync.actors.supervisor_protocol import InjectFault, RequestPairingCode, RestartAccount, ToAccount
+from wasync.actors.supervisor_protocol import (
+    BlockSupervisor, InjectFault, RequestPairingCode, RestartAccount, ToAccount,
+)
 from wasync.runtime.backfill import ThreadHistory
 from wasync.runtime.board import Board, Snapshot
 from wasync.runtime import outbox
@@ -118,6 +120,10 @@ class DaemonControl(Protocol):
         """Test-only fault injection ("raise" | "block") into the account's actor; the HTTP
         route exists only with WASYNC_DEBUG_FAULTS. Raises UnknownAccount, NotConnected."""
 
+    def block_supervisor(self) -> None:
+        """Test-only (WASYNC_DEBUG_FAULTS): the supervisor blocks in a handler for good, so
+        that the systemd watchdog stops pinging. Returns once it has."""
+
 
 def queue_message(store, account_id: str, to_jid: str, text: str, client_message_id: Optional[str],
                   now_ms: int) -> tuple[OutboxItem, Optional[dict], bool]:
@@ -212,6 +218,11 @@ class SystemControl:
             self._known(account_id)
             raise
         log.warning("[supervisor] accountId=%s fault injected: %s", account_id, kind)
+
+    def block_supervisor(self) -> None:
+        reply = new_reply()
+        self.supervisor.tell(BlockSupervisor(reply))
+        reply.get(timeout=self.reply_timeout_s)
 
     def list_threads(self, account_id: str, limit: int, cursor: Optional[str]) -> Page:
         self._known(account_id)

@@ -42,8 +42,10 @@ from wasync.runtime.clock import Clock
 from wasync.runtime.config import Settings
 from wasync.runtime.control import SystemControl
 from wasync.runtime.metrics import Metrics
+from wasync.runtime.sdnotify import Notifier
 from wasync.runtime.spool import Spool, spool_path
 from wasync.runtime.ticker import Ticker, Timers
+from wasync.runtime.watchdog import SystemdWatchdog
 
 log = logging.getLogger("wasync.daemon")
 
@@ -228,12 +230,15 @@ def build_system(settings: Settings, clock: Optional[Clock] = None, ticker: Opti
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     gate = StartGate(settings.max_starts_per_second, clock)
     store = store if store is not None else make_store(settings)
+    metrics = Metrics()
+    alerts = alerts or Alerts(settings.instance_id, settings.repair_alert_webhook_url, clock=clock)
+    metrics.watch_alerts(alerts)
     return System(
-        settings=settings, clock=clock, ticker=ticker or Ticker(clock), metrics=Metrics(),
+        settings=settings, clock=clock, ticker=ticker or Ticker(clock), metrics=metrics,
         board=Board(settings.instance_id, store.name, clock), store=store,
         spool=Spool(spool_path(settings.data_dir, settings.instance_id), clock), gate=gate,
         sessions=sessions if sessions is not None else make_sessions(settings, gate),
-        alerts=alerts or Alerts(settings.instance_id, settings.repair_alert_webhook_url, clock=clock),
+        alerts=alerts,
         calls=ThreadPoolExecutor(max_workers=SESSION_CALL_THREADS, thread_name_prefix="session-call"),
         policy=SupervisionPolicy(hung_after_ms=settings.hung_after_ms, degraded_after_ms=settings.degraded_after_ms))
 
@@ -258,8 +263,11 @@ async def serve(system: System, settings: Settings) -> int:
         await loop.run_in_executor(None, system.stop)
         return 1
     log.info("[supervisor] listening on http://%s:%d", settings.host, settings.port)
+    watchdog = SystemdWatchdog(Notifier.from_settings(settings), system.board, system.supervisor, system.writer)
+    watchdog.start()  # READY=1 once the board says ready; WATCHDOG=1 while the actors answer
     await stop.wait()
     log.info("[supervisor] signal received: draining")
+    await watchdog.stop()  # STOPPING=1
     await loop.run_in_executor(None, system.stop)
     await runner.cleanup()
     return 0
