@@ -24,7 +24,7 @@ import pykka
 from wasync.actors.account import AccountActor, AccountDeps
 from wasync.actors.ingest import Ingest
 from wasync.actors.monitor import StoreMonitorActor
-from wasync.actors.outbox import OutboxDeps
+from wasync.actors.outbox import OutboxActor, OutboxDeps
 from wasync.actors.leases import LeaseCoordinatorActor
 from wasync.actors.leases_protocol import Draining, ReleaseAll
 from wasync.actors.reply import new_reply
@@ -170,6 +170,9 @@ class System:
         for actor in (self.leases, self.monitor, self.sweeper, self.supervisor):
             _stop(actor, 10)
         _stop_together(pykka.ActorRegistry.get_by_class(AccountActor), 10)
+        # Account actors stop their outbox actors without waiting: wait here, before the store
+        # closes under a claim in progress (closing an SQLite connection in use can crash).
+        _stop_together(pykka.ActorRegistry.get_by_class(OutboxActor), 10)
         _stop(self.writer, 30)
         self.ticker.stop()
         self.calls.shutdown(wait=False, cancel_futures=True)
