@@ -222,6 +222,14 @@ def test_paging_is_stable_while_messages_arrive(store):
     assert not any(i.startswith("NEW") for i in ids)  # newer than the first page: for the next first page
 
 
+def test_a_job_lock_never_brings_back_a_removed_account(store):
+    assert store.acquire_job_lock("backfill", "gone", "i1", NOW, 60_000) is not None
+    assert store.get_account("gone") is None
+    store.create_account("acct1", None, NOW)
+    store.acquire_job_lock("backfill", "acct1", "i1", NOW, 60_000)
+    assert store.get_account("acct1")["autoBackfillLeaseHolder"] == "i1"
+
+
 # --- accounts -----------------------------------------------------------------------
 
 
@@ -377,6 +385,7 @@ def test_instances(store):
 @pytest.mark.parametrize("job, mirror", [("backfill", "autoBackfillLeaseHolder"),
                                          ("recent_sync", "recentSyncLeaseHolder")])
 def test_job_lock_is_exclusive_and_mirrored(store, job, mirror):
+    store.create_account("acct1", None, NOW)
     lock = store.acquire_job_lock(job, "acct1", "i1", NOW, 60_000)
     assert lock.owner == "i1" and lock.expires_at_ms == NOW + 60_000
     assert store.get_account("acct1")[mirror] == "i1"
@@ -525,6 +534,7 @@ def test_ping(store):
 
 
 def test_releasing_a_lock_does_not_bring_back_a_deleted_account(store):
+    store.create_account("gone", None, NOW)
     store.acquire_job_lock("backfill", "gone", "i1", NOW, 60_000)
     assert store.get_account("gone")["autoBackfillLeaseHolder"] == "i1"
     store.delete_account("gone")

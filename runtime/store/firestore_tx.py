@@ -287,7 +287,7 @@ class OwnershipOps:
 
         def body(tx):
             # The lease is read only when fenced: reading it locks it against renewals.
-            cur, *lease = tx_read(self._db, tx, lock_ref, *([lease_ref] if fence else []))
+            cur, account, *lease = tx_read(self._db, tx, lock_ref, account_ref, *([lease_ref] if fence else []))
             if fence is not None:
                 check_fence(lease[0], fence, account_id)
             live = cur is not None and int(cur.get("expiresAtMs") or 0) > now_ms
@@ -296,8 +296,8 @@ class OwnershipOps:
             started = cur["startedAt"] if live else ms_to_dt(now_ms)
             expires = now_ms + ttl_ms
             tx.set(lock_ref, {"ownerId": owner, "expiresAtMs": expires, "startedAt": started})
-            tx.set(account_ref, {"accountId": account_id, until: ms_to_dt(expires), holder: owner,
-                                 acquired: started}, merge=True)
+            if account is not None:  # update(), not set(): a removed account stays removed
+                tx.update(account_ref, {until: ms_to_dt(expires), holder: owner, acquired: started})
             return JobLock(job=job, account_id=account_id, owner=owner, expires_at_ms=expires,
                            started_at_ms=dt_to_ms(started))
 

@@ -132,9 +132,12 @@ class SqliteOwnership:
             return gone
 
     def _mirror_lock(self, conn, job: str, account_id: str, lock: JobLock) -> None:
-        """Mirror a job lock into the account document (SPEC §2)."""
+        """Mirror a job lock into the account document (SPEC §2), if there still is one: a
+        lock taken just after a removal must not bring back a partial account."""
         until, holder, acquired = schema.JOB_LOCK_MIRROR[job]
         doc = self._account_doc(conn, account_id)
+        if not doc:
+            return
         doc.update({until: ms_to_dt(lock.expires_at_ms), holder: lock.owner, acquired: ms_to_dt(lock.started_at_ms),
                     "accountId": account_id})
         self._put_account(conn, account_id, doc)
