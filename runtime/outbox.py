@@ -182,6 +182,13 @@ def claim(item: OutboxItem, by: Claim, now_ms: int, resend_safe: bool) -> Outbox
                    claim_epoch=by.epoch, claim_id=by.claim_id, updated_at_ms=now_ms)
 
 
+def claim_due(items, by: Claim, now_ms: int, limit: int, resend_safe: bool) -> list[OutboxItem]:
+    """What one claim takes from an account's waiting items: the claimable ones, oldest
+    first, at most `limit`, each after `claim`."""
+    ordered = sorted(items, key=lambda i: (i.created_at_ms, i.id))
+    return [claim(i, by, now_ms, resend_safe) for i in ordered if claimable(i, by, now_ms)][:max(limit, 0)]
+
+
 def holds(item: OutboxItem, by: Claim) -> bool:
     return item.status is OutboxStatus.SENDING and item.claim_id == by.claim_id
 

@@ -10,7 +10,7 @@ from wasync.http.common import CONTROL, ApiError, call_daemon, json_response, re
 from wasync.runtime import outbox
 from wasync.runtime.outbox import BadSend, Decision, OutboxConflict, OutboxStatus
 from wasync.runtime.store.base import NotFound
-from wasync.runtime.store.schema import outbox_api
+from wasync.runtime.store.schema import outbox_doc as outbox_api  # the API shows the stored fields
 
 SEND_FIELDS = frozenset({"accountId", "to", "text", "clientMessageId"})
 LIST_MAX = 500

@@ -390,10 +390,8 @@ class OwnershipOps:
         def body(tx):
             (lease,) = tx_read(self._db, tx, lease_ref)
             check_fence(lease, Fence(claim.holder, claim.epoch), account_id)
-            items = sorted((outbox_item(s.to_dict()) for s in waiting.stream(transaction=tx, **_TX_READ)),
-                           key=lambda i: (i.created_at_ms, i.id))
-            taken = [outbox.claim(i, claim, now_ms, resend_safe) for i in items
-                     if outbox.claimable(i, claim, now_ms)][:max(limit, 0)]
+            items = [outbox_item(s.to_dict()) for s in waiting.stream(transaction=tx, **_TX_READ)]
+            taken = outbox.claim_due(items, claim, now_ms, limit, resend_safe)
             for item in taken:
                 tx.set(self._doc(OUTBOX, item.id), outbox_doc(item))
             return taken

@@ -447,7 +447,3 @@ def outbox_item(doc: dict) -> OutboxItem:
     return OutboxItem(**fields)
 
 
-def outbox_api(item: OutboxItem) -> dict:
-    """An outbox item as the API shows it (document field names)."""
-    return outbox_doc(item)
-

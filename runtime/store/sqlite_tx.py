@@ -187,11 +187,10 @@ class SqliteOwnership:
                      resend_safe: bool) -> list[OutboxItem]:
         with self._write() as conn:
             self._check_fence(conn, account_id, Fence(claim.holder, claim.epoch))
-            rows = conn.execute("SELECT doc FROM outbox WHERE account_id = ? AND status IN ('queued', 'sending') "
-                                "ORDER BY created_at_ms, id", (account_id,)).fetchall()
-            items = [schema.outbox_item(decode(doc)) for (doc,) in rows]
-            taken = [outbox.claim(i, claim, now_ms, resend_safe) for i in items
-                     if outbox.claimable(i, claim, now_ms)][:max(limit, 0)]
+            rows = conn.execute("SELECT doc FROM outbox WHERE account_id = ? AND status IN ('queued', 'sending')",
+                                (account_id,)).fetchall()
+            taken = outbox.claim_due([schema.outbox_item(decode(doc)) for (doc,) in rows], claim, now_ms, limit,
+                                     resend_safe)
             for item in taken:
                 self._put_outbox(conn, item)
                 if item.status is OutboxStatus.UNKNOWN:
