@@ -47,6 +47,10 @@ log = logging.getLogger("wasync.account")
 
 SUMMARY_EVERY_S = 300  # the per-account [realtime] summary line at info
 DRAIN_ROWS = 200  # rows per wake-up: keeps the actor answering probes between bursts
+# ...and at most about this much raw data: history rows are big (a chunk may hold thousands
+# of messages), and one drain becomes one batch in the writer's memory.
+DRAIN_BYTES = 1 << 20
+HISTORY_KINDS = frozenset({"HistorySync"})  # rows that go to the writer's bulk lane
 UNDECRYPTABLE_WINDOW_MS = 10 * 60_000  # undecryptable messages count towards a burst this long
 
 # Fault.kind "block" waits on this forever: a stand-in for a handler stuck in a call
@@ -282,12 +286,29 @@ class AccountActor(pykka.ThreadingActor):
 
     # --- the inbox ---------------------------------------------------------------------
 
-    def _drain(self, more_later: bool = True) -> int:
-        """Hand the next rows to the writer; with `more_later`, a full page asks for more
-        with a Wake, so probes get answered between pages of a burst."""
-        rows = self.spool.pending(self.account_id, after_seq=self.cursor, limit=DRAIN_ROWS)
+    def _drain(self, more_later: bool = True) -> bool:
+        """Hand the next rows to the writer; True if there may be more. With `more_later`, a
+        full page asks for more with a Wake, so probes get answered between pages of a
+        burst. While the writer has no room for them (its lane is full, or rows with history
+        wait for a reader's turn) the rows stay in the spool, and this actor is woken when
+        there is room."""
+        rows = self.spool.pending(self.account_id, after_seq=self.cursor, limit=DRAIN_ROWS, max_bytes=DRAIN_BYTES)
         if not rows:
-            return 0
+            return False
+        # Live rows before a history row go on their own, so that they take the live lane.
+        first_history = next((i for i, row in enumerate(rows) if row.kind in HISTORY_KINDS), None)
+        cut = bool(first_history)
+        if cut:
+            rows = rows[:first_history]
+        ref, ingest = self.actor_ref, self.deps.ingest
+        if not ingest.has_room(first_history == 0, self.account_id, lambda: ref.tell(Wake())):
+            return False
+        try:
+            return self._hand_over(rows, more_later, cut)
+        finally:
+            ingest.read_done(self.account_id)
+
+    def _hand_over(self, rows: list[SpoolRow], more_later: bool, cut: bool) -> bool:
         self.cursor = rows[-1].seq
         folded = self.deps.ingest.fold(self.account_id, rows)
         before = self.facts
@@ -299,13 +320,15 @@ class AccountActor(pykka.ThreadingActor):
         self._publish()
         if self._bears_on_health(before, folded):
             self._tell_supervisor(sp.Facts(self.facts))  # may change its status: say so now
-        if more_later and len(rows) == DRAIN_ROWS:
+        more = cut or len(rows) == DRAIN_ROWS or sum(len(row.raw) for row in rows) >= DRAIN_BYTES
+        if more_later and more:
             self.actor_ref.tell(Wake())
-        return len(rows)
+        return more
 
     def _drain_all(self) -> None:
-        """Every row, now (the session is stopped; the actor may be stopping already)."""
-        while self._drain(more_later=False) == DRAIN_ROWS:
+        """Every row the writer has room for, now (the session is stopped; the actor may be
+        stopping already). What it has no room for stays in the spool for the next start."""
+        while self._drain(more_later=False):
             pass
 
     def _bears_on_health(self, before: AccountFacts, folded: Folded) -> bool:

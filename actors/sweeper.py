@@ -64,6 +64,11 @@ class SweeperActor(pykka.ThreadingActor):
             if isinstance(message, SweepDue):
                 self.ticker.later(self.actor_ref, SweepDue(), self.every_s)
 
+    def _writer_has_room(self) -> bool:
+        """Both lanes (swept rows may be live or history), and a bulk reader's turn; if not,
+        the next sweep tries again."""
+        return all(self.ingest.has_room(bulk, "sweeper", None) for bulk in (False, True))
+
     def _sweep(self) -> int:
         spool = self.ingest.spool
         self._sweeps += 1
@@ -78,10 +83,17 @@ class SweeperActor(pykka.ThreadingActor):
             if self.board.ingesting(account_id):
                 continue
             count = 0
-            while rows := spool.pending(account_id, after_seq=self.cursors.get(account_id, 0), limit=ROWS_PER_STEP):
-                self.writer.tell(self.ingest.fold(account_id, rows).batch)
-                self.cursors[account_id] = rows[-1].seq  # handed over: not again while the writer has them
-                count += len(rows)
+            while self._writer_has_room():
+                try:
+                    rows = spool.pending(account_id, after_seq=self.cursors.get(account_id, 0), limit=ROWS_PER_STEP)
+                    if rows:
+                        self.writer.tell(self.ingest.fold(account_id, rows).batch)
+                        self.cursors[account_id] = rows[-1].seq  # handed over: not again while the writer has them
+                        count += len(rows)
+                finally:
+                    self.ingest.read_done("sweeper")
+                if not rows:
+                    break
             if count:
                 log.info("[realtime] accountId=%s swept=%d (events of an account no actor reads here)",
                          account_id, count)

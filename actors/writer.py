@@ -2,7 +2,11 @@
 
 Batches from all accounts are merged and flushed together when 500 operations are
 waiting or ~100 ms after the first one arrived. Only after the store confirmed a flush
-are its spool rows marked done.
+are its spool rows marked done. Work waits in two lanes (`writer_lanes`): live work is
+written first, history in slices of ≤ 500 messages, so a history sync never holds up
+the live messages of other accounts; each account's order is kept. What waits in memory
+is bounded: the actors that feed the writer stop reading the spool while a lane is full
+(`Backlog`), so during a store outage the backlog stays in the spool.
 
 Errors are sorted, so that one account never blocks the others:
 - the store is unavailable (StoreError): everything is kept (here and in the spool) and
@@ -19,11 +23,12 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import pykka
 
 from wasync.actors.supervisor_protocol import WriteRejected
+from wasync.actors.writer_lanes import Backlog, Lanes, Taken, Work, ops_of
 from wasync.actors.writer_protocol import (
     AccountUpdate, Drain, FlushDue, IngestBatch, Ping, StoreAnswers, StoreFlushDue, WriterMsg,
 )
@@ -40,33 +45,42 @@ log = logging.getLogger("wasync.writer")
 
 FLUSH_OPS = 500
 FLUSH_AFTER_S = 0.1
+# History per flush: one store batch. A live message waits behind at most one slice; with
+# 2,000 the slices took up to 1 s each while history was being read (bench/pipeline.py
+# --only hol: live p99 1.5 s inside the daemon, 1.0 s with 500), for no more throughput.
+BULK_SLICE_OPS = 500
+# What may wait in memory before the feeders pause (rows then wait in the spool). Live:
+# 50 s of 100 msgs/s; reached only when the store is down. Bulk: five slices.
+LIVE_LIMIT_OPS = 5_000
+BULK_LIMIT_OPS = 10_000
 RETRY = Backoff(initial_ms=200, max_ms=30_000)
 # How often the store is asked to write what it holds back (Firestore coalesces thread
 # documents): spool rows are done only after that, so a held thread update is never lost.
 STORE_FLUSH_S = 1.0
 
-Work = Union[IngestBatch, AccountUpdate]
-
-
-def _ops(item: Work) -> int:
-    return max(1, item.ops) if isinstance(item, IngestBatch) else 1
 
 
 def _seqs(items: list[Work]) -> list[int]:
     return [seq for item in items if isinstance(item, IngestBatch) for seq in item.seqs]
 
 
+def new_backlog() -> Backlog:
+    return Backlog(LIVE_LIMIT_OPS, BULK_LIMIT_OPS)
+
+
 class StoreWriterActor(pykka.ThreadingActor):
     def __init__(self, store, spool: Spool, board: Board, metrics: Metrics, clock: Clock, ticker: Timers, *,
                  on_rejected: Callable[[WriteRejected], None] = lambda rejected: None,
-                 retry: Backoff = RETRY, rand: Optional[random.Random] = None):
+                 retry: Backoff = RETRY, rand: Optional[random.Random] = None,
+                 backlog: Optional[Backlog] = None, slice_ops: int = BULK_SLICE_OPS):
         super().__init__()
         self.store, self.spool, self.board, self.metrics = store, spool, board, metrics
         self.clock, self.ticker, self.on_rejected = clock, ticker, on_rejected
         self.retry, self.rand = retry, rand or random.Random()
-        self._waiting: list[Work] = []
-        self._ops = 0
+        self.backlog = backlog or new_backlog()
+        self._lanes = Lanes(slice_ops)
         self._timer: Optional[Timer] = None  # the next flush: ~100 ms after a batch, or a retry
+        self._flush_told = False  # a FlushDue of our own is in the mailbox
         self._failures = 0  # flushes failed in a row; while > 0 a retry timer is always set
         self._failing_since: Optional[float] = None
         # Spool rows whose writes returned, but whose thread documents the store may still
@@ -82,6 +96,7 @@ class StoreWriterActor(pykka.ThreadingActor):
                 case IngestBatch() | AccountUpdate():
                     self._take(message)
                 case FlushDue():
+                    self._flush_told = False
                     self._timer = None
                     self._flush()
                 case StoreFlushDue():
@@ -109,14 +124,25 @@ class StoreWriterActor(pykka.ThreadingActor):
                 timer.cancel()
 
     def _take(self, item: Work) -> None:
-        self._waiting.append(item)
-        self._ops += _ops(item)
+        self._lanes.add(item)
+        self._publish_backlog()
         if self._failures:
             return  # the store is failing: the retry timer is set
-        if self._ops >= FLUSH_OPS:
-            self._flush()
+        if self._lanes.live_ops >= FLUSH_OPS or self._lanes.bulk_ops >= FLUSH_OPS:
+            self._flush_soon()
         elif self._timer is None:
             self._later(FLUSH_AFTER_S)
+
+    def _flush_soon(self) -> None:
+        """Flush once what is already in the mailbox is taken (live work first)."""
+        if not self._flush_told:
+            self._flush_told = True
+            self.actor_ref.tell(FlushDue())
+
+    def _publish_backlog(self) -> None:
+        self.backlog.set(self._lanes.live_ops, self._lanes.bulk_ops)
+        self.metrics.writer_backlog.labels(lane="live").set(self._lanes.live_ops)
+        self.metrics.writer_backlog.labels(lane="bulk").set(self._lanes.bulk_ops)
 
     def _later(self, delay_s: float) -> None:
         if self._timer is not None:
@@ -124,29 +150,40 @@ class StoreWriterActor(pykka.ThreadingActor):
         self._timer = self.ticker.later(self.actor_ref, FlushDue(), delay_s)
 
     def _drain(self) -> bool:
-        """Flush now (shutdown); True if nothing is left waiting."""
-        if self._waiting:
+        """Flush now, every slice (shutdown); True if nothing is left waiting."""
+        while self._lanes:
             self._flush()
-        if not self._waiting:
+            if self._failures:
+                break
+        if not self._lanes:
             self._flush_store()
-        return not self._waiting and not self._unflushed
+        return not self._lanes and not self._unflushed
 
     # --- flushing ----------------------------------------------------------------------
 
     def _flush(self) -> None:
-        if not self._waiting:
+        if not self._lanes:
             return
-        items, self._waiting, self._ops = self._waiting, [], 0
+        taken = self._lanes.take()
+        items = taken.items
         started = self.clock.monotonic_s()
         try:
             done, kept, trouble = self._write_all(items)
         except BaseException:
-            self._keep(items)  # whatever broke, nothing that waited is dropped
+            self._lanes.put_back(taken)  # whatever broke, nothing that waited is dropped
+            self._publish_backlog()
             raise
+        kept_ids = {id(item) for item in kept}
+        self._lanes.finished([item for item in items if id(item) not in kept_ids], taken)
         if kept:
+            self._lanes.put_back(Taken([i for i in taken.live if id(i) in kept_ids],
+                                       [i for i in taken.bulk if id(i) in kept_ids]))
             self._failed(kept, trouble, started)
         if done:
-            self._succeeded(done, started)
+            self._succeeded(done, started, whole=not kept)
+        self._publish_backlog()
+        if self._lanes.bulk and not self._failures:
+            self._flush_soon()  # the next slice, after whatever live work arrived meanwhile
 
     def _write_all(self, items: list[Work]) -> tuple[list[Work], list[Work], Optional[Exception]]:
         """(written, kept for a retry, why they were kept)."""
@@ -191,7 +228,7 @@ class StoreWriterActor(pykka.ThreadingActor):
         return done, kept, next((exc for _, exc in failed), None) if kept else None
 
     def _reject(self, item: Work, exc: Exception) -> None:
-        seqs = _seqs([item])
+        seqs = _seqs([item]) or list(getattr(item, "seqs_if_refused", ()))
         reason = _describe(exc)
         log.error("[realtime] accountId=%s the store refused a write for good (%s): %d events quarantined",
                   item.account_id, reason, len(seqs), exc_info=not isinstance(exc, Refused))
@@ -238,31 +275,27 @@ class StoreWriterActor(pykka.ThreadingActor):
             self.metrics.store_errors.labels(op=op).inc()
             raise
 
-    def _keep(self, items: list[Work]) -> None:
-        self._waiting = items + self._waiting
-        self._ops = sum(_ops(item) for item in self._waiting)
-
     def _failed(self, items: list[Work], exc: Exception, started: float) -> None:
-        self._keep(items)
         self.board.publish_writes(False, _describe(exc))
         if self._failing_since is None:
             self._failing_since = started
         delay = self.retry.delay_s(self._failures, self.rand)
         self._failures += 1
         log.warning("[realtime] store write failed (%s); %d batches kept, retry in %.1fs",
-                    _describe(exc), len(self._waiting), delay)
+                    _describe(exc), len(self._lanes), delay)
         self._later(delay)
 
-    def _succeeded(self, items: list[Work], started: float) -> None:
+    def _succeeded(self, items: list[Work], started: float, whole: bool) -> None:
+        """`items` are stored; `whole`: everything this flush took (the store is fine again)."""
         self._unflushed.extend(_seqs(items))
         done_ms = self.clock.wall_ms()
         self.metrics.flush_seconds.observe(self.clock.monotonic_s() - started)
-        self.metrics.flush_batch.observe(sum(_ops(item) for item in items))
+        self.metrics.flush_batch.observe(sum(ops_of(item) for item in items))
         for item in items:
             if isinstance(item, IngestBatch):
                 for received in item.received_ms:
                     self.metrics.event_to_store.observe(max(0, done_ms - received) / 1000)
-        if not self._waiting:
+        if whole:
             if self._failing_since is not None:
                 log.info("[realtime] store writes recovered after %.1fs", started - self._failing_since)
             self._failing_since, self._failures = None, 0

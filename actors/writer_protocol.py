@@ -23,6 +23,10 @@ class IngestBatch:
     revokes: tuple[MessageRevoke, ...] = ()
     threads: tuple[ThreadUpdate, ...] = ()
     patch: Optional[AccountPatch] = None
+    bulk: bool = False  # carries history: the writer's bulk lane, written in slices behind live work
+    # A slice cut from a big batch (writer_lanes.split) holds no rows of its own, but if the
+    # store refuses it for good the rows it came from are quarantined.
+    seqs_if_refused: tuple[int, ...] = ()
 
     @property
     def ops(self) -> int:
@@ -42,7 +46,9 @@ class AccountUpdate:
 
 @dataclass(frozen=True)
 class FlushDue:
-    """Ticker: time to write what waits (≈100 ms after the first batch, or a retry)."""
+    """Time to write what waits: from the ticker (≈100 ms after the first batch, or a retry),
+    or told by the writer itself (a full batch, or more history to slice): behind what is
+    already in its mailbox, so live work that arrived meanwhile is in the next flush."""
 
 
 @dataclass(frozen=True)

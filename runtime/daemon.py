@@ -15,7 +15,7 @@ import logging
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -34,7 +34,8 @@ from wasync.actors.supervisor import SupervisorActor
 from wasync.actors.supervisor_protocol import OpenSessions, StopSessions
 from wasync.actors.sweeper import SweeperActor, SweepNow
 from wasync.actors.watch import SupervisionPolicy
-from wasync.actors.writer import StoreWriterActor
+from wasync.actors.writer import StoreWriterActor, new_backlog
+from wasync.actors.writer_lanes import Backlog
 from wasync.actors.writer_protocol import Drain
 from wasync.runtime.alerts import Alerts
 from wasync.runtime.board import Board
@@ -98,14 +99,17 @@ class System:
     leases: Optional[pykka.ActorRef] = None
     scheduler: Optional[pykka.ActorRef] = None
     control: Optional[SystemControl] = None
+    # The writer's lanes' sizes, read by the actors that feed it (they pause while one is full).
+    backlog: Backlog = field(default_factory=new_backlog)
 
     def start(self) -> "System":
         s = self.settings
         self.spool.adopt_orphans(include_legacy=True)  # spools of processes that died on this host: ours to replay
         self.ticker.start()
         self.writer = StoreWriterActor.start(self.store, self.spool, self.board, self.metrics, self.clock,
-                                             self.ticker, on_rejected=lambda rejected: self.supervisor.tell(rejected))
-        ingest = Ingest(self.spool, self.metrics, self.clock, s.history_sync_dry_run)
+                                             self.ticker, on_rejected=lambda rejected: self.supervisor.tell(rejected),
+                                             backlog=self.backlog)
+        ingest = Ingest(self.spool, self.metrics, self.clock, s.history_sync_dry_run, self.backlog)
         self.scheduler = SchedulerActor.start(self.store, self.board, self.metrics, self.ticker, self.clock,
                                               self.calls, SchedulerConfig.from_settings(s),
                                               to_supervisor=lambda message: self.supervisor.tell(message))

@@ -31,8 +31,9 @@ disable_created_metrics()
 # library's own exposition uses).
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-# Flushes are bounded at 500 operations (DESIGN: StoreWriterActor batches <= 500 ops).
-FLUSH_BATCH_BUCKETS = (1, 5, 10, 50, 100, 250, 500)
+# A flush takes the live lane (flushed at 500 operations) and a history slice of <= 500;
+# more when the live lane grew while the store was down.
+FLUSH_BATCH_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000)
 FLUSH_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # Callback -> spool is an fsync-free append; it must stay in the sub-millisecond range,
 # so the buckets are fine-grained at the low end (a typical append is 0.1-0.3 ms) and
@@ -97,6 +98,9 @@ class Metrics:
         self.spool_depth = Gauge("wasync_spool_depth", "Spooled events not yet stored", registry=r)
         self.spool_oldest_age = Gauge(
             "wasync_spool_oldest_age_seconds", "Age of the oldest spooled event not yet stored", registry=r)
+        self.writer_backlog = Gauge(
+            "wasync_writer_backlog_ops", "Operations waiting in the writer's memory, by lane (live, bulk: history)",
+            ("lane",), registry=r)
         self.flush_batch = Histogram(
             "wasync_store_flush_batch_size", "Operations per store flush", buckets=FLUSH_BATCH_BUCKETS, registry=r)
         self.flush_seconds = Histogram(
@@ -210,6 +214,8 @@ class Metrics:
             self.actor_failures.labels(actor)
         for op in ("messages", "receipts", "edits", "revokes", "threads", "accounts"):
             self.store_errors.labels(op)
+        for lane in ("live", "bulk"):
+            self.writer_backlog.labels(lane)
         for reason in ("free", "released", "expired"):
             self.lease_acquired.labels(reason)
         for reason in ("taken", "deadline", "rebalancing", "removed", "fenced", "unwanted"):

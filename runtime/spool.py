@@ -25,6 +25,7 @@ a power cut of the machine in the last moments before a checkpoint.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import queue
@@ -182,19 +183,30 @@ class Spool:
                 (account_id, kind, raw, self.clock.wall_ms()))
             return cur.lastrowid
 
-    def pending(self, account_id: str, after_seq: int = 0, limit: int = 500) -> list[SpoolRow]:
+    def pending(self, account_id: str, after_seq: int = 0, limit: int = 500,
+                max_bytes: Optional[int] = None) -> list[SpoolRow]:
+        """The account's next rows in order: at most `limit`, and with `max_bytes`, no row
+        that starts past that much raw data (the first row always comes)."""
         with self._reading() as conn:
-            rows = conn.execute(
-                "SELECT seq, account_id, kind, raw, received_at_ms, origin FROM events "
-                "WHERE account_id = ? AND seq > ? ORDER BY seq LIMIT ?", (account_id, after_seq, limit)).fetchall()
+            if max_bytes is None:
+                rows = conn.execute(
+                    "SELECT seq, account_id, kind, raw, received_at_ms, origin FROM events "
+                    "WHERE account_id = ? AND seq > ? ORDER BY seq LIMIT ?", (account_id, after_seq, limit)).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT seq, account_id, kind, raw, received_at_ms, origin FROM ("
+                    " SELECT *, SUM(length(raw)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - length(raw) AS before"
+                    " FROM (SELECT * FROM events WHERE account_id = ? AND seq > ? ORDER BY seq LIMIT ?))"
+                    " WHERE before < ? ORDER BY seq",
+                    (account_id, after_seq, limit, max_bytes)).fetchall()
         return [SpoolRow(*row[:5], _origin(row[5])) for row in rows]
 
     def done(self, seqs: Iterable[int]) -> None:
-        rows = [(s,) for s in seqs]
-        if not rows:
+        done = list(seqs)
+        if not done:
             return
-        with self._tx() as conn:
-            conn.executemany("DELETE FROM events WHERE seq = ?", rows)
+        with self._tx() as conn:  # one statement: the interpreter lock is let go once, not per row
+            conn.execute("DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))", (json.dumps(done),))
 
     def quarantine(self, seqs: Iterable[int], reason: str) -> None:
         """Keep events that cannot be written, with why, out of the ingest path."""

@@ -177,3 +177,16 @@ def test_adopted_rows_are_written_but_say_nothing_about_the_running_session(rigs
     assert rig.board.account("a1").connected
     assert rig.metrics.lease_lost.labels(reason="taken")._value.get() == 0
     assert "a1" in rig.running() and rig.transport.opened["a1"] == 1
+
+
+def test_an_account_leaves_its_rows_in_the_spool_while_the_writer_is_full_and_reads_them_when_woken(rigs):
+    rig = rigs([("a1", PHONE)]).start()
+    rig.until(lambda: "a1" in rig.transport.sessions, what="the session")
+    backlog = rig.system.backlog
+    backlog.set(live_ops=backlog.limits[False], bulk_ops=0)  # as if the store were down for a while
+    rig.transport.sessions["a1"].emit(pb.message_event(PHONE, ALICE, WorldMessage(
+        id="B1", from_me=False, ts=1763900100, type="text", text="waits in the spool")))
+    rig.settle()
+    assert rig.store.get_message("a1", ALICE, "B1") is None and rig.system.spool.depth() == 1
+    backlog.set(live_ops=0, bulk_ops=0)  # the writer made room: the actor is woken
+    rig.until(lambda: rig.store.get_message("a1", ALICE, "B1"), what="the message after the wake")

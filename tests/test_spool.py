@@ -33,6 +33,17 @@ def test_spool_keeps_rows_until_done_and_across_reopen(tmp_path):
     again.close()
 
 
+def test_a_page_of_rows_is_cut_by_raw_size_but_always_has_one_row(tmp_path):
+    spool = Spool(tmp_path / "spool.db")
+    seqs = [spool.append("a1", "HistorySync", b"x" * size) for size in (600, 300, 200, 5000, 10)]
+    spool.append("a2", "HistorySync", b"y" * 10)
+    assert [r.seq for r in spool.pending("a1", max_bytes=1000)] == seqs[:3]  # 600 + 300 < 1000: the third fits
+    assert [r.seq for r in spool.pending("a1", after_seq=seqs[2], max_bytes=1000)] == [seqs[3]]  # too big alone
+    assert [r.seq for r in spool.pending("a1", after_seq=seqs[3], max_bytes=1000)] == [seqs[4]]
+    assert [r.seq for r in spool.pending("a1", limit=2, max_bytes=10**6)] == seqs[:2]
+    spool.close()
+
+
 def test_spool_quarantine_keeps_the_rows_and_the_reason(tmp_path):
     spool = Spool(tmp_path / "spool.db")
     bad = [spool.append("a1", "Message", b"\xff\xfe garbage%d" % n) for n in range(3)]

@@ -11,6 +11,7 @@ from pykka.messages import ProxyGetAttr
 
 from store_fixtures import msg
 from wasync.actors.writer import StoreWriterActor
+from wasync.actors.writer_lanes import Backlog
 from wasync.actors.writer_protocol import AccountUpdate, Drain, IngestBatch, StoreAnswers
 from wasync.runtime.account import AccountPatch
 from wasync.runtime.board import Board
@@ -25,7 +26,7 @@ CHAT = "15552223333@s.whatsapp.net"
 
 
 class Rig:
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, **writer_options):
         self.clock = FakeClock()
         self.ticker = FakeTicker(self.clock)
         self.store = SqliteStore(tmp_path / "store.db", busy_timeout_ms=50)
@@ -33,7 +34,7 @@ class Rig:
         self.board, self.metrics = Board("i1", "sqlite", self.clock), Metrics()
         self.rejected = []
         self.writer = StoreWriterActor.start(self.store, self.spool, self.board, self.metrics, self.clock,
-                                             self.ticker, on_rejected=self.rejected.append)
+                                             self.ticker, on_rejected=self.rejected.append, **writer_options)
 
     def batch(self, account_id, *messages, patch=None) -> IngestBatch:
         """Spool rows for `messages` and the batch their fold would make."""
@@ -41,10 +42,25 @@ class Rig:
             self.spool.append(account_id, "Connected", b""),)
         return IngestBatch(account_id, seqs, messages=tuple(messages), patch=patch)
 
+    def history(self, account_id, *messages) -> IngestBatch:
+        """One history-sync row holding all of `messages`."""
+        seq = self.spool.append(account_id, "HistorySync", b"raw")
+        return IngestBatch(account_id, (seq,), messages=tuple(messages), bulk=True)
+
     def tell(self, *items) -> None:
         for item in items:
             self.writer.tell(item)
-        self.writer.ask(ProxyGetAttr(attr_path=("actor_urn",)))  # handled
+        self.settle()
+
+    def settle(self, rounds: int = 2) -> None:
+        """Everything told is handled, and the flushes the writer told itself on the way
+        (each round lets one more through: a full batch's, then each history slice's)."""
+        for _ in range(rounds):
+            self.writer.ask(ProxyGetAttr(attr_path=("actor_urn",)))
+
+    def count(self, account_id) -> int:
+        with sqlite3.connect(self.store.path) as conn:
+            return conn.execute("SELECT COUNT(*) FROM messages WHERE account_id = ?", (account_id,)).fetchone()[0]
 
     def stored(self, account_id, message_id):
         return self.store.get_message(account_id, CHAT, message_id)
@@ -138,3 +154,54 @@ def test_when_every_batch_fails_unexpectedly_nothing_is_quarantined_until_others
     assert sorted(a for a, _ in ((r.account_id, r) for r in rig.rejected)) == ["a1", "a2"]
     assert rig.spool.depth() == 0 and len(rig.spool.quarantined()) == 2
     assert rig.board.store_health().connected
+
+
+def test_live_messages_of_other_accounts_are_written_before_a_history_burst_which_goes_in_slices(tmp_path):
+    rig = Rig(tmp_path, slice_ops=500)
+    try:
+        big = rig.history("big", *(msg(id=f"H{n}", account="big") for n in range(20_000)))
+        rig.writer.tell(big)
+        rig.tell(rig.batch("small", msg(id="L1", account="small")))  # arrives behind the burst
+        assert rig.stored("small", "L1") is not None  # with one of the first slices, not after all 40
+        stored = rig.count("big")
+        assert stored % 500 == 0 and 500 <= stored < 20_000
+        assert rig.spool.depth() == 1  # the history row leaves with its last slice
+        assert rig.writer.ask(Drain()) is True
+        assert rig.count("big") == 20_000 and rig.spool.depth() == 0
+    finally:
+        rig.close()
+
+
+def test_a_history_slice_the_store_refuses_quarantines_the_rows_it_came_from(tmp_path):
+    rig = Rig(tmp_path, slice_ops=500)
+    try:
+        messages = [msg(id=f"H{n}", account="big") for n in range(800)]
+        messages[10] = msg(id="H10", account="big", ts=10 ** 17)  # the store refuses it (year 3e6)
+        big = rig.history("big", *messages)
+        rig.tell(big, rig.batch("a1", msg(id="G1", account="a1")))
+        rig.settle(rounds=3)
+        assert rig.stored("a1", "G1") is not None
+        assert [seq for seq, _, _ in rig.spool.quarantined("big")] == list(big.seqs)
+        assert rig.rejected[0].account_id == "big" and rig.rejected[0].rows == 1
+        assert rig.spool.depth() == 0
+    finally:
+        rig.close()
+
+
+def test_while_the_store_is_down_the_writer_holds_a_bounded_backlog_and_wakes_its_feeders(tmp_path):
+    backlog = Backlog(live_limit_ops=3, bulk_limit_ops=10)
+    rig = Rig(tmp_path, backlog=backlog)
+    blocker = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        woken = []
+        rig.tell(*(rig.batch("a1", msg(id=f"W{n}", account="a1")) for n in range(3)))
+        rig.ticker.advance(0.1)
+        assert not backlog.has_room(False, "a1", lambda: woken.append("a1"))  # the feeder leaves rows in the spool
+        blocker.execute("ROLLBACK")
+        rig.tell(StoreAnswers())
+        assert woken == ["a1"] and rig.stored("a1", "W2") is not None
+        assert backlog.has_room(False, "a1", lambda: None)
+    finally:
+        blocker.close()
+        rig.close()
