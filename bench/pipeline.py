@@ -10,7 +10,8 @@ daemon (`wasync run`, embedded SQLite store unless `--store firestore`):
            (counted in the store itself). Raw ceiling: the same number of messages
            over as many chats, written with the store client's plain batched writes
            (bench/store_ingest.py's functions) in the same run, chat by chat as history
-           sync delivers them (see `raw_ceiling`). Target: ingest / raw >= 0.8.
+           sync delivers them (see `raw_ceiling`). Target: ingest / raw >= 0.5 (SQLite),
+           >= 0.8 (Firestore emulator).
   latency  realtime: 50 accounts x 2 msgs/s of simulator `traffic` for 30 s (speed 1),
            the accounts' traffic starts staggered over one inter-message interval so
            the 100 msgs/s arrive evenly rather than in bursts of 50. p99 of the daemon's
@@ -23,22 +24,25 @@ daemon (`wasync run`, embedded SQLite store unless `--store firestore`):
            `--latency-rate` msgs/s while `--hol-big` other accounts (default 10) are added
            and ingest `--hol-history` history messages each (default 20,000). p99 of
            realtime event -> stored, from the store (createdAt - the simulator's message
-           time) for the live messages. Target: <= 1 s. Not in the default phases: run
-           it with `--only hol`.
+           time) for the live messages, and the daemon's own spool -> store histogram
+           over the burst. Target: <= 1 s.
   rss      daemon VmRSS (/proc/PID/status) with 0 accounts just after start and with
            500 small simulated accounts all connected and idle for a few seconds;
            (rss500 - rss0) / 500. Target <= 2 MiB per account. If the accounts stop
            connecting (nothing moves for `--stall` s) the phase fails: the RSS at that
            point is logged, the figure is n/a (null) and the exit status is 1.
+           Then the cold start: SIGTERM, `wasync run` again on the same data, seconds
+           until all 500 are connected. Target <= 15 s.
 
 Accounts start paced by WASYNC_MAX_STARTS_PER_SECOND (default 5/s: 100 s for 500
 accounts); the bench sets it to 100 (`--starts-per-second`) in every phase, so the
 ingest clock measures the pipeline and not the start pacing.
 
 Prints a table (figure, target, ratio); `--json` prints one JSON object with the keys
-ingest_msgs_per_s, raw_msgs_per_s, spool_p99_ms, store_p99_ms, rss_mib_per_account (null
+ingest_msgs_per_s, raw_msgs_per_s, spool_p99_ms, store_p99_ms, hol_live_p99_ms,
+hol_store_p99_ms, rss_mib_per_account, cold_start_s (null
 for a phase not run or failed) and nothing else on stdout. Progress goes to stderr. Exit
-status 1 if a phase failed. The default run takes about 2 minutes on 2 cores.
+status 1 if a phase failed. The default run takes about 3 minutes on 2 cores.
 
 Usage: python bench/pipeline.py [--only ingest|latency|hol|rss] [--quick] [--json]
        [--store sqlite|firestore] [--emulator HOST:PORT] [--ingest-accounts 10]
@@ -75,7 +79,9 @@ from simproc import SimProcess  # noqa: E402
 MiB = 1024 * 1024
 SPOOL_METRIC = "wasync_event_to_spool_seconds"
 STORE_METRIC = "wasync_event_to_store_seconds"
-TARGETS = {"ingest_ratio": 0.8, "spool_p99_ms": 5.0, "store_p99_ms": 1000.0, "rss_mib_per_account": 2.0}
+TARGETS = {"ingest_ratio": 0.5, "spool_p99_ms": 5.0, "store_p99_ms": 1000.0, "rss_mib_per_account": 2.0,
+           "hol_live_p99_ms": 1000.0, "hol_store_p99_ms": 1000.0}
+INGEST_RATIO = {"sqlite": 0.5, "firestore": 0.8}  # issue 16's targets, per store
 
 
 def log(*args) -> None:
@@ -321,11 +327,22 @@ class Rig:
         if self.args.store == "firestore":
             env.update(WASYNC_STORE="firestore", FIRESTORE_EMULATOR_HOST=self.emulator_host,
                        GOOGLE_CLOUD_PROJECT=self.project)
+        self.env = env
         self.daemon = DaemonProcess(self.workdir / "daemon", env).start(timeout_s=60)
         self.data_dir = self.workdir / "daemon" / "data"
         self.reader = StoreReader(self.args.store, self.data_dir, self.project)
         log(f"{self.name}: wasync run up (pid {self.daemon.proc.pid}, port {self.daemon.port}, "
             f"store {self.args.store}, WASYNC_MAX_STARTS_PER_SECOND={self.args.starts_per_second})")
+
+    def restart(self) -> float:
+        """Stop the daemon (SIGTERM) and run `wasync run` again on the same data; returns
+        the moment the new process was started (time.monotonic)."""
+        code = self.daemon.stop(timeout_s=60)
+        if code != 0:
+            raise RuntimeError(f"the daemon exited {code} on SIGTERM")
+        started = time.monotonic()
+        self.daemon = DaemonProcess(self.workdir / "daemon", self.env).start(timeout_s=60)
+        return started
 
     def close(self) -> None:
         if self.reader:
@@ -647,20 +664,26 @@ def phase_hol(args, emulator_host: Optional[str]) -> dict:
         baseline = sorted(rig.reader.live_latencies_ms())
         log(f"hol: before the burst: {len(baseline)} live messages stored, p99 {_p(baseline, 0.99):.0f} ms")
         burst_started = time.monotonic()
+        before = scrape(rig.daemon)
         rig.add_accounts([a["phone"] for a in world["accounts"][live_n:]], first=live_n)
         expected_live = int(live_n * rate * seconds)
 
         def done() -> bool:
             return rig.reader.messages("realtime") >= expected_live
         poll(done, seconds + args.timeout, f"{expected_live} live messages stored", every_s=0.5)
+        after = scrape(rig.daemon)
         stored_history = rig.reader.messages() - rig.reader.messages("realtime")
         burst_s = time.monotonic() - burst_started
+        # The daemon's own view (spool append -> stored), without the simulator -> daemon hop:
+        # the simulator is one process that also serializes the burst's history.
+        inside, inside_note = quantile(0.99, hist_delta(after[STORE_METRIC], before[STORE_METRIC]))
+        log(f"hol: inside the daemon during the burst: spool->store p99 {_ms(inside)} ({inside_note})")
         all_live = sorted(rig.reader.live_latencies_ms())
         log(f"hol: {len(all_live)} live messages; {stored_history} history messages stored {burst_s:.0f} s after "
             f"the burst began; live event->store p50 {_p(all_live, 0.5):.0f} ms p99 {_p(all_live, 0.99):.0f} ms "
             f"max {all_live[-1]:.0f} ms (before the burst p99 {_p(baseline, 0.99):.0f} ms)")
         return {"hol_live_p99_ms": _p(all_live, 0.99), "hol_live_max_ms": all_live[-1] if all_live else None,
-                "hol_history_stored": stored_history}
+                "hol_store_p99_ms": None if inside is None else inside * 1000, "hol_history_stored": stored_history}
 
 
 def _p(values: list[float], q: float) -> float:
@@ -723,8 +746,13 @@ def phase_rss(args, emulator_host: Optional[str]) -> dict:
         log(f"rss: {n} accounts: VmRSS {rss_n / MiB:.1f} MiB, {status['Threads']} threads "
             f"(simulator: {stats['sockets']} sockets, {stats['totals'].get('connectionsOpened')} connections opened); "
             f"({rss_n / MiB:.1f} - {rss0 / MiB:.1f}) / {n} = {per:.3f} MiB per account")
+        # Cold start: `wasync run` on a store that holds all of them, until every one is connected.
+        started = rig.restart()
+        settle(rig, n, n * chats * per_chat, args.timeout, args.stall)
+        cold = time.monotonic() - started
+        log(f"rss: cold start: all {n} accounts connected {cold:.1f} s after `wasync run` began")
         return {"rss_mib_per_account": per, "rss0_mib": rss0 / MiB, "rss_n_mib": rss_n / MiB,
-                "threads0": threads0, "threads_n": int(status["Threads"])}
+                "threads0": threads0, "threads_n": int(status["Threads"]), "cold_start_s": cold}
 
 
 # --- main ----------------------------------------------------------------------------
@@ -767,8 +795,9 @@ def parse_args(argv):
     return args
 
 
-def table(results: dict) -> str:
+def table(results: dict, store: str = "sqlite") -> str:
     rows = [("figure", "measured", "target", "ratio", "")]
+    target_ratio = INGEST_RATIO[store]
 
     def row(name, value, unit, target_text, ratio, ok):
         shown = "n/a" if value is None else f"{value:,.{2 if value < 100 else 0}f} {unit}"
@@ -777,14 +806,18 @@ def table(results: dict) -> str:
 
     ing, raw = results.get("ingest_msgs_per_s"), results.get("raw_msgs_per_s")
     ratio = ing / raw if ing and raw else None
-    row("history ingest, end to end", ing, "msgs/s", f">= {TARGETS['ingest_ratio']} x raw", ratio,
-        None if ratio is None else ratio >= TARGETS["ingest_ratio"])
+    row("history ingest, end to end", ing, "msgs/s", f">= {target_ratio} x raw", ratio,
+        None if ratio is None else ratio >= target_ratio)
     row("raw ceiling (store client)", raw, "msgs/s", "(ceiling)", None, None)
     for key, name in (("spool_p99_ms", "event->spool p99 (bucket-est.)"),
-                      ("store_p99_ms", "event->store p99 (bucket-est.)")):
+                      ("store_p99_ms", "event->store p99 (bucket-est.)"),
+                      ("hol_live_p99_ms", "live p99 during history burst"),
+                      ("hol_store_p99_ms", "  same, spool->store (bucket-est.)")):
         v = results.get(key)
         row(name, v, "ms", f"<= {TARGETS[key]:g} ms", None if v is None else v / TARGETS[key],
             None if v is None else v <= TARGETS[key])
+    v = results.get("cold_start_s")
+    row("cold start, 500 accounts", v, "s", "<= 15 s", None if v is None else v / 15, None if v is None else v <= 15)
     v = results.get("rss_mib_per_account")
     row("daemon RSS per account", v, "MiB", f"<= {TARGETS['rss_mib_per_account']:g} MiB",
         None if v is None else v / TARGETS["rss_mib_per_account"],
@@ -792,14 +825,14 @@ def table(results: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) if i in (0, 2) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in rows]
-    lines.append("ratio: ingest/raw (target >= 0.8); otherwise measured/target (target <= 1). "
+    lines.append(f"ratio: ingest/raw (target >= {target_ratio}); otherwise measured/target (target <= 1). "
                  "p99s are interpolated within the daemon's histogram buckets.")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    phases = args.only or ["ingest", "latency", "rss"]  # hol only when asked: it is issue 16's
+    phases = args.only or ["ingest", "latency", "hol", "rss"]
 
     def on_term(signum, frame):
         raise SystemExit(128 + signum)  # run every finally: processes are stopped
@@ -842,11 +875,11 @@ def main(argv=None) -> int:
             emulator.stop()
     log(f"total {time.monotonic() - started:.0f} s")
     keys = ("ingest_msgs_per_s", "raw_msgs_per_s", "spool_p99_ms", "store_p99_ms", "hol_live_p99_ms",
-            "rss_mib_per_account")
+            "hol_store_p99_ms", "rss_mib_per_account", "cold_start_s")
     if args.json:
         print(json.dumps({k: results.get(k) for k in keys}))
     else:
-        print(table(results))
+        print(table(results, args.store))
         for note in notes:
             print(f"NOTE: {note}")
     return 1 if errors else 0
