@@ -90,7 +90,9 @@ def bench_sqlite(messages: list[Message], workdir: Path) -> dict:
 
 
 def _sqlite_raw(path: Path, rows: list[tuple], batch: int) -> float:
-    """Plain executemany into the same table shape, same pragmas, one commit per batch."""
+    """Plain inserts into the same table shape, same pragmas, one commit per batch, one
+    multi-row INSERT per batch (the fastest plain write sqlite3 offers: ~25 % faster than
+    executemany, which the store also stopped using)."""
     from wasync.runtime.store.sqlite import MIGRATIONS
 
     conn = sqlite3.connect(path, isolation_level=None)
@@ -101,9 +103,10 @@ def _sqlite_raw(path: Path, rows: list[tuple], batch: int) -> float:
             conn.execute(statement)
     start = time.perf_counter()
     for i in range(0, len(rows), batch):
+        chunk = rows[i:i + batch]
         conn.execute("BEGIN")
-        conn.executemany("INSERT INTO messages (thread_id, id, account_id, ts_client_ms, doc) VALUES (?,?,?,?,?)",
-                         rows[i:i + batch])
+        conn.execute("INSERT INTO messages (thread_id, id, account_id, ts_client_ms, doc) VALUES "
+                     + ",".join(["(?,?,?,?,?)"] * len(chunk)), [value for row in chunk for value in row])
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - start
     conn.close()
