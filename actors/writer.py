@@ -72,13 +72,14 @@ class StoreWriterActor(pykka.ThreadingActor):
     def __init__(self, store, spool: Spool, board: Board, metrics: Metrics, clock: Clock, ticker: Timers, *,
                  on_rejected: Callable[[WriteRejected], None] = lambda rejected: None,
                  retry: Backoff = RETRY, rand: Optional[random.Random] = None,
-                 backlog: Optional[Backlog] = None, slice_ops: int = BULK_SLICE_OPS):
+                 backlog: Optional[Backlog] = None, slice_ops: Optional[int] = None):
         super().__init__()
         self.store, self.spool, self.board, self.metrics = store, spool, board, metrics
         self.clock, self.ticker, self.on_rejected = clock, ticker, on_rejected
         self.retry, self.rand = retry, rand or random.Random()
         self.backlog = backlog or new_backlog()
-        self._lanes = Lanes(slice_ops)
+        # A store that writes several chunks at once (Firestore) says how much history it can take.
+        self._lanes = Lanes(slice_ops or getattr(store, "ingest_slice", BULK_SLICE_OPS))
         self._timer: Optional[Timer] = None  # the next flush: ~100 ms after a batch, or a retry
         self._flush_told = False  # a FlushDue of our own is in the mailbox
         self._failures = 0  # flushes failed in a row; while > 0 a retry timer is always set
@@ -251,8 +252,8 @@ class StoreWriterActor(pykka.ThreadingActor):
         op = "messages"
         try:
             messages = [m for b in batches for m in b.messages]
-            for start in range(0, len(messages), FLUSH_OPS):
-                self.store.upsert_messages(messages[start:start + FLUSH_OPS], now_ms)
+            if messages:
+                self.store.upsert_messages(messages, now_ms)  # the store chunks them (and may overlap the chunks)
             # Receipts, edits and revokes after the messages they may point at (a patch
             # for a message not stored yet is kept by the store, so order is a courtesy).
             for op, attr, apply in (("receipts", "receipts", self.store.apply_receipts),

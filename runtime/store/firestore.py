@@ -35,6 +35,11 @@ from wasync.runtime.store.schema import (
 
 MAX_OPS = 500  # writes per batch commit (deletes included)
 CHUNK = 500  # messages per read and per commit (one batch: a failed create leaves nothing)
+# Chunks of new messages committed at once. One commit is a round trip the writer would
+# otherwise wait out before the next (the emulator takes ~100 ms for 500 documents); the
+# writer hands over slices of INGEST_SLICE so that there is something to overlap.
+COMMITTERS = 4
+INGEST_SLICE = CHUNK * COMMITTERS
 NAME = FieldPath.document_id()
 DESC = firestore.Query.DESCENDING
 
@@ -74,13 +79,21 @@ class FirestoreStore(OwnershipOps, FirestoreHistory):
         # racing the upsert of its message could otherwise leave its patch pending forever.
         self._conv_lock = threading.Lock()
         self._thread_lock = threading.Lock()  # guards _threads and thread-document writes
+        # One account creation at a time: each queries the accounts by phone inside its
+        # transaction, and concurrent ones contend for that query (8 at once took 11 s on
+        # the emulator, and the API answered 504); in turn they take ~50 ms each.
+        self._create_lock = threading.Lock()
         self._threads: dict[str, _Thread] = {}
         self._pending_index: dict[str, tuple[int, set[str]]] = {}  # account -> (loaded at, ids)
         self._fresh: dict[str, bool] = {}  # account -> its last ingest found no stored copy
         self._clock_ms = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="firestore-read")
         self._history_pool = ThreadPoolExecutor(max_workers=HISTORY_READERS, thread_name_prefix="firestore-history")
+        self._commit_pool = ThreadPoolExecutor(max_workers=COMMITTERS, thread_name_prefix="firestore-commit")
         self._closed = False
+
+    # History the writer may hand over at once (its bulk slice): COMMITTERS chunks.
+    ingest_slice = INGEST_SLICE
 
     @classmethod
     @store_errors
@@ -123,8 +136,9 @@ class FirestoreStore(OwnershipOps, FirestoreHistory):
         accounts = {key: doc["accountId"] for key, doc in incoming.items()}
         with self._conv_lock:
             steps = _Steps(self, accounts, self._pending_keys(accounts, now_ms))
+            created = self._create_fresh(steps, accounts, incoming, now)
             for i, chunk in enumerate(steps.chunks):
-                if self._try_create(chunk, accounts, steps.with_pending, incoming, now):
+                if i in created:
                     continue
                 stored, pending = steps.read(i)
                 groups = []
@@ -143,22 +157,31 @@ class FirestoreStore(OwnershipOps, FirestoreHistory):
         threads = self._write_threads(updates.values(), now_ms)
         return WriteResult(messages=len(incoming), applied=folded, threads=threads)
 
-    def _try_create(self, chunk: list[Key], accounts: dict[Key, str], with_pending: set[Key],
-                    incoming: dict[Key, dict], now) -> bool:
-        """Write `chunk` as new documents, without reading, if its accounts have lately
-        been ingesting only new messages (history sync, realtime): the commit then fails
-        as a whole if any document exists, and the chunk takes the read-merge path."""
-        chunk_accounts = {accounts[key] for key in chunk}
-        if not all(self._fresh.get(a, True) for a in chunk_accounts) or any(k in with_pending for k in chunk):
-            return False
-        try:
-            self._commit([[(self._message_ref(key), merge_message(None, incoming[key], now))] for key in chunk],
-                         create=True)
-            return True
-        except gexc.AlreadyExists:
-            for account_id in chunk_accounts:
-                self._fresh[account_id] = False
-            return False
+    def _create_fresh(self, steps: "_Steps", accounts: dict[Key, str], incoming: dict[Key, dict], now) -> set[int]:
+        """Write as new documents, without reading, the chunks whose accounts have lately
+        been ingesting only new messages (history sync, realtime): up to COMMITTERS commits
+        at once. A commit fails as a whole if any of its documents exists, and that chunk
+        takes the read-merge path. Returns the chunks written."""
+        chosen = {i: chunk for i, chunk in enumerate(steps.chunks)
+                  if all(self._fresh.get(accounts[key], True) for key in chunk)
+                  and not any(key in steps.with_pending for key in chunk)}
+        futures = {i: self._commit_pool.submit(
+            self._commit, [[(self._message_ref(key), merge_message(None, incoming[key], now))] for key in chunk],
+            create=True) for i, chunk in chosen.items()}
+        created: set[int] = set()
+        error: Optional[BaseException] = None
+        for i, future in futures.items():  # every one waited for: none left running behind an error
+            try:
+                future.result()
+                created.add(i)
+            except gexc.AlreadyExists:
+                for account_id in {accounts[key] for key in chosen[i]}:
+                    self._fresh[account_id] = False
+            except BaseException as exc:  # noqa: BLE001 - raised below, after the others ended
+                error = error or exc
+        if error is not None:
+            raise error
+        return created
 
     @store_errors
     def apply_receipts(self, receipts: Sequence[Receipt], now_ms: int) -> WriteResult:
@@ -432,7 +455,8 @@ class FirestoreStore(OwnershipOps, FirestoreHistory):
             tx.create(ref, doc)
             return True
 
-        return run_tx(self._db, body)
+        with self._create_lock:
+            return run_tx(self._db, body)
 
     @store_errors
     def update_account(self, account_id: str, patch: AccountPatch, now_ms: int,
@@ -484,6 +508,7 @@ class FirestoreStore(OwnershipOps, FirestoreHistory):
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._history_pool.shutdown(wait=True, cancel_futures=True)
+            self._commit_pool.shutdown(wait=True, cancel_futures=True)
             self._db.close()
 
 
