@@ -26,6 +26,11 @@ daemon (`wasync run`, embedded SQLite store unless `--store firestore`):
            realtime event -> stored, from the store (createdAt - the simulator's message
            time) for the live messages, and the daemon's own spool -> store histogram
            over the burst. Target: <= 1 s.
+  outage   the store unreachable for `--outage-seconds` (default 60; SQLite: the bench
+           holds an exclusive lock on the store file) under the latency phase's traffic:
+           RSS during the outage (flat: the backlog is not in memory), and the rate at
+           which the outage's messages are stored once it is back, as a ratio of the
+           ingest phase's rate. Target >= 0.5.
   rss      daemon VmRSS (/proc/PID/status) with 0 accounts just after start and with
            500 small simulated accounts all connected and idle for a few seconds;
            (rss500 - rss0) / 500. Target <= 2 MiB per account. If the accounts stop
@@ -40,11 +45,12 @@ ingest clock measures the pipeline and not the start pacing.
 
 Prints a table (figure, target, ratio); `--json` prints one JSON object with the keys
 ingest_msgs_per_s, raw_msgs_per_s, one_by_one_msgs_per_s (Firestore), spool_p99_ms, store_p99_ms, hol_live_p99_ms,
-hol_store_p99_ms, rss_mib_per_account, cold_start_s (null
+hol_store_p99_ms, outage_drain_msgs_per_s, outage_rss_growth_mib, rss_mib_per_account,
+cold_start_s (null
 for a phase not run or failed) and nothing else on stdout. Progress goes to stderr. Exit
-status 1 if a phase failed. The default run takes about 3 minutes on 2 cores.
+status 1 if a phase failed. The default run takes about 5 minutes on 2 cores.
 
-Usage: python bench/pipeline.py [--only ingest|latency|hol|rss] [--quick] [--json]
+Usage: python bench/pipeline.py [--only ingest|latency|hol|outage|rss] [--quick] [--json]
        [--store sqlite|firestore] [--emulator HOST:PORT] [--ingest-accounts 10]
        [--ingest-chats 20] [--ingest-messages-per-chat 500] [--latency-accounts 50]
        [--latency-rate 2] [--latency-seconds 30] [--rss-accounts 500] [--keep]
@@ -715,6 +721,58 @@ def phase_hol(args, emulator_host: Optional[str]) -> dict:
                 "hol_store_p99_ms": None if inside is None else inside * 1000, "hol_history_stored": stored_history}
 
 
+def phase_outage(args, emulator_host: Optional[str]) -> dict:
+    """`--latency-accounts` live accounts at `--latency-rate` msgs/s while the store is
+    unreachable for `--outage-seconds` (SQLite: this process holds an exclusive lock on the
+    store file), then back. Figures: the daemon's RSS during the outage (first and largest
+    sample: flat means the backlog is not piling up in memory), and how fast the messages
+    of the outage are stored once the store is back (backlog / seconds until the last one
+    is stored), as a ratio of the history ingest rate of the same run."""
+    if args.store != "sqlite":
+        return {"note": "outage: measured on SQLite only (the bench cannot take the emulator away and back)"}
+    n, rate, outage = args.latency_accounts, args.latency_rate, args.outage_seconds
+    world = small_world(n, 2, 2)
+    backlog = int(n * int(rate * outage + 1e-9))
+    log(f"outage: {n} accounts x {rate:g} msgs/s, store unreachable for {outage:g} s ({backlog} messages)")
+    with Rig("outage", world, args, emulator_host) as rig:
+        rig.add_accounts([a["phone"] for a in world["accounts"]])
+        settle(rig, n, n * 4, args.timeout, args.stall)
+        pid = rig.daemon.proc.pid
+        live_before = rig.reader.messages("realtime")
+        rss_before = sample_rss(pid, samples=3)
+        lock = sqlite3.connect(rig.data_dir / "wasync.db", timeout=30, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # every write of the daemon fails (after its busy timeout)
+        interval = 1.0 / rate
+        rig.sim.inject(*({"at": round(i * interval / n, 4), "account": phone(i), "event": "traffic",
+                          "rate": rate, "for": outage} for i in range(n)))
+        down_at = time.monotonic()
+        samples: list[int] = []
+        while time.monotonic() - down_at < outage:
+            time.sleep(min(5.0, max(0.0, outage - (time.monotonic() - down_at))))
+            samples.append(rss_bytes(pid))
+            log(f"outage: {time.monotonic() - down_at:.0f} s down: VmRSS {samples[-1] / MiB:.1f} MiB, "
+                f"spool depth {spool_depth(rig.data_dir)}, {rig.connected()}/{n} connected")
+        lock.execute("ROLLBACK")
+        lock.close()
+        back_at = time.monotonic()
+        log("outage: the store is back")
+
+        def drained() -> bool:
+            return rig.reader.messages("realtime") - live_before >= backlog
+
+        poll(drained, args.timeout, f"the {backlog} messages of the outage stored", every_s=0.1,
+             progress=lambda elapsed: log(f"outage: {elapsed:.0f} s after: "
+                                          f"{rig.reader.messages('realtime') - live_before}/{backlog} stored, "
+                                          f"{rig.connected()}/{n} connected, spool depth {spool_depth(rig.data_dir)}"))
+        drain_s = time.monotonic() - back_at
+        growth = (max(samples) - rss_before) / MiB
+        log(f"outage: all {backlog} stored {drain_s:.1f} s after the store came back ({backlog / drain_s:.0f} msgs/s); "
+            f"VmRSS before {rss_before / MiB:.1f} MiB, during the outage {min(samples) / MiB:.1f}-"
+            f"{max(samples) / MiB:.1f} MiB (+{growth:.1f} MiB)")
+        return {"outage_drain_msgs_per_s": backlog / drain_s, "outage_drain_s": drain_s,
+                "outage_rss_growth_mib": growth}
+
+
 def _p(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -789,7 +847,7 @@ def phase_rss(args, emulator_host: Optional[str]) -> dict:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", choices=["ingest", "latency", "hol", "rss"], action="append",
+    p.add_argument("--only", choices=["ingest", "latency", "hol", "outage", "rss"], action="append",
                    help="run only this phase (repeatable)")
     p.add_argument("--quick", action="store_true", help="small sizes everywhere (a smoke run of a minute or so)")
     p.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
@@ -804,6 +862,7 @@ def parse_args(argv):
     p.add_argument("--latency-seconds", type=float, default=30.0)
     p.add_argument("--hol-big", type=int, default=10, help="hol: accounts ingesting history during live traffic")
     p.add_argument("--hol-history", type=int, default=20000, help="hol: history messages of each big account")
+    p.add_argument("--outage-seconds", type=float, default=60.0, help="outage: how long the store is unreachable")
     p.add_argument("--rss-accounts", type=int, default=500)
     p.add_argument("--rss-idle", type=float, default=5.0, help="idle seconds before each RSS sample")
     p.add_argument("--starts-per-second", type=float, default=100.0, help="WASYNC_MAX_STARTS_PER_SECOND")
@@ -819,6 +878,7 @@ def parse_args(argv):
         args.ingest_accounts, args.ingest_chats, args.ingest_messages_per_chat = 2, 5, 200
         args.latency_accounts, args.latency_seconds = 10, 10.0
         args.rss_accounts, args.rss_idle = 50, 2.0
+        args.hol_big, args.hol_history, args.outage_seconds = 2, 2_000, 20.0
     if args.ingest_sync_per_chat is None:
         args.ingest_sync_per_chat = args.ingest_messages_per_chat
     return args
@@ -849,6 +909,12 @@ def table(results: dict, store: str = "sqlite") -> str:
         v = results.get(key)
         row(name, v, "ms", f"<= {TARGETS[key]:g} ms", None if v is None else v / TARGETS[key],
             None if v is None else v <= TARGETS[key])
+    v, ing = results.get("outage_drain_msgs_per_s"), results.get("ingest_msgs_per_s")
+    ratio = v / ing if v and ing else None
+    row("backlog drain after a store outage", v, "msgs/s", ">= 0.5 x ingest", ratio,
+        None if ratio is None else ratio >= 0.5)
+    v = results.get("outage_rss_growth_mib")
+    row("  RSS growth during the outage", v, "MiB", "flat", None, None)
     v = results.get("cold_start_s")
     row("cold start, 500 accounts", v, "s", "<= 15 s", None if v is None else v / 15, None if v is None else v <= 15)
     v = results.get("rss_mib_per_account")
@@ -865,7 +931,7 @@ def table(results: dict, store: str = "sqlite") -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    phases = args.only or ["ingest", "latency", "hol", "rss"]
+    phases = args.only or ["ingest", "latency", "hol", "outage", "rss"]
 
     def on_term(signum, frame):
         raise SystemExit(128 + signum)  # run every finally: processes are stopped
@@ -887,7 +953,7 @@ def main(argv=None) -> int:
         if args.store == "firestore":
             os.environ["FIRESTORE_EMULATOR_HOST"] = emulator_host
         for name, run in (("ingest", phase_ingest), ("latency", phase_latency), ("hol", phase_hol),
-                          ("rss", phase_rss)):
+                          ("outage", phase_outage), ("rss", phase_rss)):
             if name in phases:
                 log(f"=== phase {name} ===")
                 t = time.monotonic()
@@ -908,7 +974,8 @@ def main(argv=None) -> int:
             emulator.stop()
     log(f"total {time.monotonic() - started:.0f} s")
     keys = ("ingest_msgs_per_s", "raw_msgs_per_s", "one_by_one_msgs_per_s", "spool_p99_ms", "store_p99_ms", "hol_live_p99_ms",
-            "hol_store_p99_ms", "rss_mib_per_account", "cold_start_s")
+            "hol_store_p99_ms", "outage_drain_msgs_per_s", "outage_rss_growth_mib", "rss_mib_per_account",
+            "cold_start_s")
     if args.json:
         print(json.dumps({k: results.get(k) for k in keys}))
     else:
