@@ -31,6 +31,11 @@ daemon (`wasync run`, embedded SQLite store unless `--store firestore`):
            RSS during the outage (flat: the backlog is not in memory), and the rate at
            which the outage's messages are stored once it is back, as a ratio of the
            ingest phase's rate. Target >= 0.5.
+  instances  cold start when connects take turns per process, as neonize registers
+           one client at a time (WASYNC_SIM_REGISTRATION_MS=`--registration-ms`, default
+           200; against WhatsApp ~1,000): `--instances-accounts` (100) accounts on 1, 2 and
+           4 instances sharing one data dir, seconds from `wasync run` until the simulator
+           sees all connected.
   rss      daemon VmRSS (/proc/PID/status) with 0 accounts just after start and with
            500 small simulated accounts all connected and idle for a few seconds;
            (rss500 - rss0) / 500. Target <= 2 MiB per account. If the accounts stop
@@ -46,11 +51,11 @@ ingest clock measures the pipeline and not the start pacing.
 Prints a table (figure, target, ratio); `--json` prints one JSON object with the keys
 ingest_msgs_per_s, raw_msgs_per_s, one_by_one_msgs_per_s (Firestore), spool_p99_ms, store_p99_ms, hol_live_p99_ms,
 hol_store_p99_ms, outage_drain_msgs_per_s, outage_rss_growth_mib, rss_mib_per_account,
-cold_start_s (null
+cold_start_s, instances_cold_start_s (null
 for a phase not run or failed) and nothing else on stdout. Progress goes to stderr. Exit
 status 1 if a phase failed. The default run takes about 5 minutes on 2 cores.
 
-Usage: python bench/pipeline.py [--only ingest|latency|hol|outage|rss] [--quick] [--json]
+Usage: python bench/pipeline.py [--only ingest|latency|hol|outage|rss|instances] [--quick] [--json]
        [--store sqlite|firestore] [--emulator HOST:PORT] [--ingest-accounts 10]
        [--ingest-chats 20] [--ingest-messages-per-chat 500] [--latency-accounts 50]
        [--latency-rate 2] [--latency-seconds 30] [--rss-accounts 500] [--keep]
@@ -88,6 +93,8 @@ STORE_METRIC = "wasync_event_to_store_seconds"
 TARGETS = {"ingest_ratio": 0.5, "spool_p99_ms": 5.0, "store_p99_ms": 1000.0, "rss_mib_per_account": 2.0,
            "hol_live_p99_ms": 1000.0, "hol_store_p99_ms": 1000.0}
 INGEST_RATIO = {"sqlite": 0.5, "firestore": 0.8}  # issue 16's targets, per store
+# The admin API's rate limit (600 changes a minute) would refuse 500 adds in a row.
+BENCH_ADMIN_RATE = 1_000_000
 
 
 def log(*args) -> None:
@@ -329,6 +336,7 @@ class Rig:
         log(f"{self.name}: simulator up on port {self.sim.port} after {time.monotonic() - started:.1f} s")
         env = {"WASYNC_TRANSPORT": self.sim.address,
                "WASYNC_MAX_STARTS_PER_SECOND": str(self.args.starts_per_second),
+               "WASYNC_ADMIN_RATE_PER_MINUTE": str(BENCH_ADMIN_RATE),
                "LOG_LEVEL": self.args.daemon_log_level}
         if self.args.store == "firestore":
             env.update(WASYNC_STORE="firestore", FIRESTORE_EMULATOR_HOST=self.emulator_host,
@@ -773,6 +781,68 @@ def phase_outage(args, emulator_host: Optional[str]) -> dict:
                 "outage_rss_growth_mib": growth}
 
 
+def phase_instances(args, emulator_host: Optional[str]) -> dict:
+    """Cold start of `--instances-accounts` accounts when connects take turns per process
+    (WASYNC_SIM_REGISTRATION_MS=`--registration-ms`, as neonize registers one client at a
+    time), on 1, 2 and 4 instances sharing one data dir (the lease coordinator spreads
+    the accounts): seconds from `wasync run` until the simulator sees every account
+    connected. SQLite only (the instances share the embedded store)."""
+    if args.store != "sqlite":
+        return {"note": "instances: measured on SQLite only"}
+    n, reg_ms = args.instances_accounts, args.registration_ms
+    world = small_world(n, 1, 1)
+    out: dict[str, float] = {}
+    for k in args.instance_counts:
+        workdir = Path(tempfile.mkdtemp(prefix=f"wasync-bench-instances{k}-"))
+        sim = SimProcess(world, workdir / "sim", speed=1.0).start(timeout_s=180)
+        env = {"WASYNC_TRANSPORT": sim.address, "WASYNC_SIM_REGISTRATION_MS": str(reg_ms),
+               "WASYNC_ADMIN_RATE_PER_MINUTE": str(BENCH_ADMIN_RATE),
+               "WASYNC_MAX_STARTS_PER_SECOND": str(args.starts_per_second), "LOG_LEVEL": args.daemon_log_level}
+        daemons: list[DaemonProcess] = []
+
+        def connected() -> int:
+            return sum(1 for a in sim.stats()["accounts"].values() if a.get("connected"))
+
+        def start_all() -> float:
+            daemons[:] = [DaemonProcess(workdir / "daemon", env) for _ in range(k)]
+            started = time.monotonic()
+            with ThreadPoolExecutor(max_workers=k) as pool:
+                list(pool.map(lambda d: d.start(timeout_s=60), daemons))
+            return started
+
+        try:
+            start_all()
+            first = daemons[0]
+            for i in range(n):
+                status, body = first.request("POST", "/api/whatsapp/accounts",
+                                             {"accountId": account_id(i), "phone": world["accounts"][i]["phone"]})
+                if status != 201:
+                    raise RuntimeError(f"adding {account_id(i)}: HTTP {status} {body}")
+            poll(lambda: connected() >= n, args.timeout, f"{n} accounts connected on {k} instances", every_s=0.2)
+            with ThreadPoolExecutor(max_workers=k) as pool:
+                codes = list(pool.map(lambda d: d.stop(timeout_s=90), daemons))
+            if any(codes):
+                raise RuntimeError(f"instances exited {codes} on SIGTERM")
+            poll(lambda: connected() == 0, 30, "every session closed", every_s=0.2)
+            started = start_all()
+            poll(lambda: connected() >= n, args.timeout, f"{n} accounts connected again on {k} instances",
+                 every_s=0.1)
+            out[str(k)] = time.monotonic() - started
+            log(f"instances: {k} instance(s), {n} accounts, connects {reg_ms} ms each per process: "
+                f"all connected {out[str(k)]:.1f} s after `wasync run`")
+        finally:
+            for d in daemons:
+                try:
+                    d.stop(timeout_s=90)
+                except (AssertionError, OSError) as exc:
+                    log(f"instances: stopping an instance: {exc}")
+                    d.kill()
+            sim.stop()
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+    return {"instances_cold_start_s": out}
+
+
 def _p(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -847,7 +917,7 @@ def phase_rss(args, emulator_host: Optional[str]) -> dict:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", choices=["ingest", "latency", "hol", "outage", "rss"], action="append",
+    p.add_argument("--only", choices=["ingest", "latency", "hol", "outage", "rss", "instances"], action="append",
                    help="run only this phase (repeatable)")
     p.add_argument("--quick", action="store_true", help="small sizes everywhere (a smoke run of a minute or so)")
     p.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
@@ -863,6 +933,10 @@ def parse_args(argv):
     p.add_argument("--hol-big", type=int, default=10, help="hol: accounts ingesting history during live traffic")
     p.add_argument("--hol-history", type=int, default=20000, help="hol: history messages of each big account")
     p.add_argument("--outage-seconds", type=float, default=60.0, help="outage: how long the store is unreachable")
+    p.add_argument("--instances-accounts", type=int, default=100, help="instances: accounts to start")
+    p.add_argument("--registration-ms", type=int, default=200,
+                   help="instances: WASYNC_SIM_REGISTRATION_MS (neonize against WhatsApp: ~1,000)")
+    p.add_argument("--instance-counts", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2, 4])
     p.add_argument("--rss-accounts", type=int, default=500)
     p.add_argument("--rss-idle", type=float, default=5.0, help="idle seconds before each RSS sample")
     p.add_argument("--starts-per-second", type=float, default=100.0, help="WASYNC_MAX_STARTS_PER_SECOND")
@@ -879,6 +953,7 @@ def parse_args(argv):
         args.latency_accounts, args.latency_seconds = 10, 10.0
         args.rss_accounts, args.rss_idle = 50, 2.0
         args.hol_big, args.hol_history, args.outage_seconds = 2, 2_000, 20.0
+        args.instances_accounts, args.instance_counts = 20, [1, 2]
     if args.ingest_sync_per_chat is None:
         args.ingest_sync_per_chat = args.ingest_messages_per_chat
     return args
@@ -917,6 +992,10 @@ def table(results: dict, store: str = "sqlite") -> str:
     row("  RSS growth during the outage", v, "MiB", "flat", None, None)
     v = results.get("cold_start_s")
     row("cold start, 500 accounts", v, "s", "<= 15 s", None if v is None else v / 15, None if v is None else v <= 15)
+    for k, seconds in (results.get("instances_cold_start_s") or {}).items():
+        one = (results.get("instances_cold_start_s") or {}).get("1")
+        row(f"cold start, serialized connects, {k} inst.", seconds, "s", "(1 inst.) / k", None if not one else
+            seconds / one, None)
     v = results.get("rss_mib_per_account")
     row("daemon RSS per account", v, "MiB", f"<= {TARGETS['rss_mib_per_account']:g} MiB",
         None if v is None else v / TARGETS["rss_mib_per_account"],
@@ -931,7 +1010,7 @@ def table(results: dict, store: str = "sqlite") -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    phases = args.only or ["ingest", "latency", "hol", "outage", "rss"]
+    phases = args.only or ["ingest", "latency", "hol", "outage", "rss", "instances"]
 
     def on_term(signum, frame):
         raise SystemExit(128 + signum)  # run every finally: processes are stopped
@@ -953,7 +1032,7 @@ def main(argv=None) -> int:
         if args.store == "firestore":
             os.environ["FIRESTORE_EMULATOR_HOST"] = emulator_host
         for name, run in (("ingest", phase_ingest), ("latency", phase_latency), ("hol", phase_hol),
-                          ("outage", phase_outage), ("rss", phase_rss)):
+                          ("outage", phase_outage), ("rss", phase_rss), ("instances", phase_instances)):
             if name in phases:
                 log(f"=== phase {name} ===")
                 t = time.monotonic()
@@ -975,7 +1054,7 @@ def main(argv=None) -> int:
     log(f"total {time.monotonic() - started:.0f} s")
     keys = ("ingest_msgs_per_s", "raw_msgs_per_s", "one_by_one_msgs_per_s", "spool_p99_ms", "store_p99_ms", "hol_live_p99_ms",
             "hol_store_p99_ms", "outage_drain_msgs_per_s", "outage_rss_growth_mib", "rss_mib_per_account",
-            "cold_start_s")
+            "cold_start_s", "instances_cold_start_s")
     if args.json:
         print(json.dumps({k: results.get(k) for k in keys}))
     else:

@@ -189,6 +189,9 @@ VARIABLES: tuple[Var, ...] = (
     Var("sessions_path", ("SESSIONS_PATH",), non_empty, _default_sessions_path, help="session stores"),
     Var("sessions_dsn", ("SESSIONS_DSN",), postgres_dsn, None, secret=True, help="shared PostgreSQL session store"),
     Var("transport", ("WASYNC_TRANSPORT",), transport, "neonize", help="neonize or sim://host:port"),
+    Var("sim_registration_ms", ("WASYNC_SIM_REGISTRATION_MS",), int_in(0, 60_000), 0,
+        help="sim transport only: connects take turns, each this long, as neonize's registrations do "
+             "(~1,000 against WhatsApp): cold-start benchmarks"),
     Var("log_level", ("LOG_LEVEL",), one_of("debug", "info", "warning", "error"), "info"),
     Var("log_format", ("LOG_FORMAT",), one_of("text", "json"), "text",
         help="json: one JSON object per line (journald, Loki), with the [tag] and key=value figures as fields"),
@@ -267,6 +270,7 @@ class Settings:
     sessions_path: str
     sessions_dsn: Optional[str]
     transport: str
+    sim_registration_ms: int
     log_level: str
     log_format: str
     max_starts_per_second: float

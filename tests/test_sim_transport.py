@@ -231,3 +231,17 @@ def test_a_session_stopped_while_it_connects_leaves_no_socket_behind(sim, transp
     after = sim.stats()["accounts"][PHONE]
     assert stop_took < 5, stop_took
     assert after["connectionsOpened"] == before["connectionsOpened"] and not after["connected"], after
+
+
+def test_with_a_registration_time_connects_take_turns_as_neonize_registrations_do(sim, tmp_path):
+    transport = SimulatedTransport("127.0.0.1", sim.port, tmp_path / "sessions", registration_s=0.3)
+    try:
+        sinks = [Sink(f"r{n}") for n in range(3)]
+        started = time.monotonic()
+        sessions = [open_started(transport, sink, account=f"r{n}") for n, sink in enumerate(sinks)]
+        wait_for(lambda: all(sink.of(m.Connected) for sink in sinks), timeout_s=10, what="all three connected")
+        assert time.monotonic() - started >= 0.9  # three turns of 0.3 s, one after the other
+        for session in sessions:
+            session.stop()
+    finally:
+        transport.close()

@@ -44,7 +44,7 @@ class SimulatedTransport:
     """SessionFactory for the simulator at (host, port); owns the shared loop thread."""
 
     def __init__(self, host: str, port: int, sessions_path: str | Path, *,
-                 backoff: Backoff = Backoff(initial_ms=200, max_ms=10_000), gate=None):
+                 backoff: Backoff = Backoff(initial_ms=200, max_ms=10_000), gate=None, registration_s: float = 0.0):
         self.url = f"http://{host}:{port}{wire.SESSION_PATH}"
         self.gate = gate  # actors/startgate.StartGate (wired by the daemon), or None: reconnect without pacing
         self.sessions_path = Path(sessions_path)
@@ -54,11 +54,16 @@ class SimulatedTransport:
         self._http: Optional[aiohttp.ClientSession] = None
         self._start_error: Optional[BaseException] = None
         self._lock = threading.Lock()
+        # neonize registers one client at a time per process (~1 s each against WhatsApp):
+        # with registration_s > 0 connects take turns like that, so that a benchmark of
+        # cold starts and of several instances per host meets the same limit.
+        self.registration_s = registration_s
+        self._registering: Optional[asyncio.Lock] = None  # made on the loop thread
 
     @classmethod
     def from_settings(cls, settings, gate=None) -> "SimulatedTransport":
         host, port = settings.sim_address
-        return cls(host, port, settings.sessions_path, gate=gate)
+        return cls(host, port, settings.sessions_path, gate=gate, registration_s=settings.sim_registration_ms / 1000)
 
     def open(self, account_id: str, phone: Optional[str], sink: EventSink) -> "SimulatedSession":
         return SimulatedSession(self, account_id, phone, sink)
@@ -105,6 +110,15 @@ class SimulatedTransport:
 
     def http(self) -> aiohttp.ClientSession:
         return self._http
+
+    async def register_turn(self) -> None:
+        """Wait for this process's registration turn and take it (on the loop thread)."""
+        if self.registration_s <= 0:
+            return
+        if self._registering is None:
+            self._registering = asyncio.Lock()
+        async with self._registering:
+            await asyncio.sleep(self.registration_s)
 
     async def _shutdown(self) -> None:
         """Sessions nobody stopped are cancelled, so nothing is left pending."""
@@ -272,6 +286,7 @@ class SimulatedSession:
     async def _connect_once(self) -> Optional[dict]:
         """One websocket's life; returns the service's `closing` frame, if it sent one."""
         keys = self._load_keys()
+        await self.transport.register_turn()
         async with self.transport.http().ws_connect(self.transport.url, heartbeat=15) as ws:
             self._ws = ws
             if self._stopping:
