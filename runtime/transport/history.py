@@ -48,12 +48,18 @@ def message_from_web_info(
     chat_alt_jid: Optional[str] = None,
     lid_to_pn: Optional[dict[str, str]] = None,
     sync_source: m.SyncSource = m.SyncSource.HISTORY_SYNC,
+    chat_resolved: bool = False,
 ) -> m.NormalizedEvent:
     """One stored-history message (history sync, and any other WebMessageInfo source).
-    `chat_jid` defaults to key.remoteJID; `lid_to_pn` maps bare `@lid` to phone JIDs."""
+    `chat_jid` defaults to key.remoteJID; `lid_to_pn` maps bare `@lid` to phone JIDs;
+    `chat_resolved`: `chat_jid`/`chat_alt_jid` already went through prefer_phone (the
+    conversation's, once for all its messages)."""
     lid_to_pn = lid_to_pn or {}
     key = info.key
-    client_jid, chat_alt = prefer_phone(chat_jid or key.remoteJID, chat_alt_jid, lid_to_pn)
+    if chat_resolved and chat_jid:
+        client_jid, chat_alt = chat_jid, chat_alt_jid
+    else:
+        client_jid, chat_alt = prefer_phone(chat_jid or key.remoteJID, chat_alt_jid, lid_to_pn)
     if not key.ID or not client_jid:
         return m.Ignored(account_id, reason="message_without_id")
     ts_ms = info.messageTimestamp * 1000  # WebMessageInfo timestamps are seconds
@@ -131,7 +137,7 @@ def messages_from_history(account_id: str, event: Union[npb.HistorySync, hs.Hist
         for entry in conv.messages:
             result = message_from_web_info(
                 account_id, entry.message, chat_jid=chat, chat_alt_jid=chat_alt, lid_to_pn=lid_to_pn,
-                sync_source=source,
+                sync_source=source, chat_resolved=True,
             )
             if isinstance(result, m.Message):
                 messages.append(result)

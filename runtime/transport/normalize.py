@@ -111,11 +111,12 @@ def _parse(kind: str, raw: bytes) -> PbMessage:
 def _undecoded(events: list[m.NormalizedEvent]) -> bool:
     for event in events:
         values = (event.messages + event.threads) if isinstance(event, m.HistoryBatch) else (event,)
-        for value in values:
-            for v in value.__dict__.values():  # hot under history sync: kept lean
-                t = type(v)
-                if t is bytes or (t is tuple and bytes in map(type, v)):
-                    return True
+        for value in values:  # hot under history sync: the type checks run in C
+            fields = value.__dict__.values()
+            if bytes in map(type, fields):
+                return True
+            if tuple in map(type, fields) and any(bytes in map(type, v) for v in fields if type(v) is tuple):
+                return True
     return False
 
 
@@ -222,15 +223,27 @@ _METADATA_FIELDS = frozenset({"messageContextInfo"})
 _SENDER_KEY_FIELDS = frozenset({"senderKeyDistributionMessage", "fastRatchetKeySenderKeyDistributionMessage"})
 
 
+_WRAPPER_SET = frozenset(_WRAPPERS)
+
+
 def unwrap_message(msg: e2e.Message) -> e2e.Message:
     """The innermost message of ephemeral/view-once/document-with-caption/edited/...
     wrappers (at most MAX_UNWRAP_DEPTH levels)."""
+    return _unwrapped(msg)[0]
+
+
+def _unwrapped(msg: e2e.Message) -> tuple[e2e.Message, set[str]]:
+    """(the innermost message, the names of its fields that are set). One ListFields per
+    level instead of a HasField per wrapper kind: this runs for every history message."""
     for _ in range(MAX_UNWRAP_DEPTH):
-        wrapper = next((w for w in _WRAPPERS if msg.HasField(w) and getattr(msg, w).HasField("message")), None)
+        names = {fd.name for fd, _ in msg.ListFields()}
+        if names.isdisjoint(_WRAPPER_SET):
+            return msg, names
+        wrapper = next((w for w in _WRAPPERS if w in names and getattr(msg, w).HasField("message")), None)
         if wrapper is None:
-            break
+            return msg, names
         msg = getattr(msg, wrapper).message
-    return msg
+    return msg, {fd.name for fd, _ in msg.ListFields()}
 
 
 def _opt(sub: PbMessage, name: str) -> Optional[str]:
@@ -354,10 +367,10 @@ def classify(msg: Optional[e2e.Message], edit_attr: str = "") -> _Classified:
     an envelope without user content. `edit_attr` is neonize's MessageInfo.Edit."""
     if msg is None:
         return m.ProtocolKind.EMPTY
-    msg = unwrap_message(msg)
-    if msg.HasField("protocolMessage"):
+    msg, names = _unwrapped(msg)
+    if "protocolMessage" in names:
         return _protocol(msg.protocolMessage, edit_attr)
-    present = {fd.name for fd, _ in msg.ListFields()} - _METADATA_FIELDS
+    present = names - _METADATA_FIELDS
     if not present:
         return m.ProtocolKind.EMPTY
     if present <= _SENDER_KEY_FIELDS:
