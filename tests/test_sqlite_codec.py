@@ -6,11 +6,13 @@ import json
 import sqlite3
 from datetime import datetime, timezone
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from store_fixtures import T0, msg
 from wasync.runtime.store.sqlite import ROWS_PER_STATEMENT, SqliteStore
+from wasync.runtime.store.schema import iso, iso_ms, ms_to_dt
 from wasync.runtime.store.sqlite_codec import _encode_slow, decode, encode
 
 WHEN = datetime(2025, 11, 23, 12, 0, 1, 250_000, tzinfo=timezone.utc)
@@ -43,3 +45,13 @@ def test_more_messages_than_one_statement_takes_are_all_stored(tmp_path):
             assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == count
     finally:
         store.close()
+
+
+@given(st.integers(-10 ** 13, 10 ** 13))
+def test_the_fast_iso_time_is_the_text_iso_gives(ms):
+    assert iso_ms(ms) == iso(ms_to_dt(ms))
+
+
+def test_an_impossible_time_is_still_a_clear_error():
+    with pytest.raises(ValueError, match="year"):
+        iso_ms(10 ** 17)

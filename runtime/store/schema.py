@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from datetime import datetime, timezone
 from typing import Any, Optional
 
@@ -68,6 +69,20 @@ def iso(value: datetime) -> str:
     return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# 1970 to 2100, where `iso(ms_to_dt(ms))` is exact too (beyond 2^32 s its float division
+# loses the last millisecond now and then): both give the same text, byte for byte.
+_ISO_FAST_MS = range(0, 4_102_444_800_000)
+
+
+def iso_ms(ms: int) -> str:
+    """`iso(ms_to_dt(ms))`, 3x faster (once per stored message) from 1970 to 2100; other
+    times (and the error for impossible ones) take that path."""
+    if ms not in _ISO_FAST_MS:
+        return iso(ms_to_dt(ms))
+    seconds, milli = divmod(ms, 1000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{milli:03d}Z"
+
+
 # Message fields whose first stored value is kept (later copies do not overwrite them).
 _KEEP_FIRST = ("createdAt", "tsServer", "syncSource", "deliveredAt", "readAt", "playedAt", "revokedAt")
 _STATUS_TIME = {MessageStatus.DELIVERED: "deliveredAt", MessageStatus.READ: "readAt",
@@ -83,12 +98,13 @@ def message_doc(m: Message) -> dict[str, Any]:
         "waMessageId": m.id,
         "accountId": m.account_id,
         "clientJid": m.client_jid,
-        "direction": m.direction.value,
-        "messageType": m.message_type.value,
+        # `_value_`, not `.value`: the same string, without Enum's property lookup (hot).
+        "direction": m.direction._value_,
+        "messageType": m.message_type._value_,
         "isGroup": m.is_group,
-        "tsClient": iso(ms_to_dt(m.ts_client_ms)),
+        "tsClient": iso_ms(m.ts_client_ms),
         "tsClientMs": m.ts_client_ms,
-        "syncSource": m.sync_source.value,
+        "syncSource": m.sync_source._value_,
     }
     for key, value in (("senderJid", m.sender_jid), ("senderAltJid", m.sender_alt_jid),
                        ("pushName", m.push_name), ("body", m.body), ("mediaType", m.media_type),
@@ -99,7 +115,7 @@ def message_doc(m: Message) -> dict[str, Any]:
         if value is not None:
             doc[key] = value
     if m.status is not None:
-        doc["status"] = m.status.value
+        doc["status"] = m.status._value_
     for key, ms in (("deliveredAt", m.delivered_at_ms), ("readAt", m.read_at_ms), ("playedAt", m.played_at_ms)):
         if ms is not None:
             doc[key] = ms_to_dt(ms)

@@ -21,9 +21,20 @@ def encode(doc: dict, now: Optional[datetime] = None, now_plain: Optional[dict] 
 
 
 def _ts(value: Any) -> Any:
+    global _last
+    last = _last  # one read: another thread may replace it (a tuple: never half-written)
+    if value is last[0]:
+        return last[1]
     if isinstance(value, datetime):
-        return {"$ts": (value - _EPOCH) // _MS}
+        plain_value = {"$ts": (value - _EPOCH) // _MS}
+        _last = (value, plain_value)
+        return plain_value
     raise TypeError(f"cannot store {type(value).__name__}")
+
+
+# The last timestamp converted: a batch stamps every document with the same `now`
+# (createdAt, syncedAt, updatedAt), so most conversions are this one again.
+_last: tuple = (None, None)
 
 
 def _encode_slow(doc: dict, now: Optional[datetime] = None, now_plain: Optional[dict] = None) -> str:
