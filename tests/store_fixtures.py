@@ -63,3 +63,16 @@ def plant_account(store, doc: dict) -> None:
     use it; the daemon itself only writes accounts through create/update_account."""
     with store._write() as conn:
         store._put_account(conn, doc["accountId"], dict(doc))
+
+
+def open_fresh_store(path: str, go, results) -> None:
+    """In a spawned process: wait for `go`, open (and migrate) the store at `path`; put
+    "ok" or the error into `results`."""
+    from wasync.runtime.store.sqlite import SqliteStore
+
+    go.wait(30)
+    try:
+        SqliteStore(path).close()
+        results.put("ok")
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        results.put(f"{type(exc).__name__}: {exc}")

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from store_fixtures import T0, out, race_for_lease, receipt
+from store_fixtures import T0, open_fresh_store, out, race_for_lease, receipt
 from wasync.runtime.model import MessageStatus, ReceiptKind, SyncSource, thread_id
 
 NOW = T0 + 60_000
@@ -198,3 +198,22 @@ def test_two_processes_race_for_one_lease(tmp_path):
     # and every change of holder came with a higher epoch
     by_epoch = [holder_of_epoch[e] for e in sorted(holder_of_epoch)]
     assert len(set(by_epoch)) == 2
+
+
+def test_processes_starting_together_on_a_fresh_store_all_open_it(tmp_path):
+    """Two instances started at once on a new data dir: turning the new file to WAL
+    answered "database is locked" at once in one of them, which exited 1."""
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    for round_ in range(6):
+        go = ctx.Event()
+        procs = [ctx.Process(target=open_fresh_store, args=(str(tmp_path / f"fresh{round_}.db"), go, results))
+                 for _ in range(4)]
+        for p in procs:
+            p.start()
+        time.sleep(0.5)  # all four imported and waiting
+        go.set()
+        outcomes = [results.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(timeout=30)
+        assert outcomes == ["ok"] * 4, outcomes

@@ -16,6 +16,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -143,7 +144,7 @@ class SqliteStore(SqliteOwnership):
         if conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=self._busy_timeout_ms / 1000)
-            conn.execute("PRAGMA journal_mode=WAL")
+            self._wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             # Checkpoints run on the checkpointer thread, not inside a writer's commit.
             conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -152,6 +153,20 @@ class SqliteStore(SqliteOwnership):
             with self._all_lock:
                 self._all.append(conn)
         return conn
+
+    def _wal(self, conn: sqlite3.Connection) -> None:
+        """WAL mode. Turning a new file to WAL answers "database is locked" at once, without
+        the busy timeout, while another process does the same (two instances started
+        together on a fresh data dir: the second exited 1): try again until the timeout."""
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
