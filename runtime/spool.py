@@ -193,11 +193,12 @@ class Spool:
                     "SELECT seq, account_id, kind, raw, received_at_ms, origin FROM events "
                     "WHERE account_id = ? AND seq > ? ORDER BY seq LIMIT ?", (account_id, after_seq, limit)).fetchall()
             else:
+                # Sizes first (length() of a blob reads no blob), then only the rows that fit.
                 rows = conn.execute(
-                    "SELECT seq, account_id, kind, raw, received_at_ms, origin FROM ("
-                    " SELECT *, SUM(length(raw)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - length(raw) AS before"
-                    " FROM (SELECT * FROM events WHERE account_id = ? AND seq > ? ORDER BY seq LIMIT ?))"
-                    " WHERE before < ? ORDER BY seq",
+                    "SELECT e.seq, e.account_id, e.kind, e.raw, e.received_at_ms, e.origin FROM ("
+                    " SELECT seq, SUM(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size AS before FROM ("
+                    "  SELECT seq, length(raw) AS size FROM events WHERE account_id = ? AND seq > ? ORDER BY seq LIMIT ?)"
+                    ") AS page JOIN events AS e ON e.seq = page.seq WHERE page.before < ? ORDER BY e.seq",
                     (account_id, after_seq, limit, max_bytes)).fetchall()
         return [SpoolRow(*row[:5], _origin(row[5])) for row in rows]
 
