@@ -90,6 +90,7 @@ class AccountActor(pykka.ThreadingActor):
         self.spool = deps.ingest.spool
         self.fresh_pairing = fresh_pairing  # forget the stored session and pair a new device
         self.cursor = 0  # last spool seq handed to the writer
+        self._parked = False  # the writer had no room for our rows: wait for its Wake(room=True)
         self.facts = AccountFacts(account_id, generation, phone=phone)
         self._beat_ms: Optional[int] = None  # the protocol streak's last beat (policy/health)
         self._undecryptable: deque[int] = deque()  # wall ms of recent undecryptable messages
@@ -178,11 +179,16 @@ class AccountActor(pykka.ThreadingActor):
             return None
         try:
             match message:
-                case Wake():
-                    self._drain()
+                case Wake(room=room):
+                    # While the writer has no room for our rows (parked), the sink's wakes
+                    # are not worth a read: the Backlog says when there is room.
+                    self._parked = self._parked and not room
+                    if not self._parked:
+                        self._drain()
                 case Probe(seq=seq):
                     # Rows can reach the spool without a Wake (adopted from a dead process's
                     # spool file): each probe drains, so none waits longer than a tick.
+                    self._parked = False
                     self._drain()
                     self._answer_probe(seq)
                 case StopSession():
@@ -301,7 +307,8 @@ class AccountActor(pykka.ThreadingActor):
         if cut:
             rows = rows[:first_history]
         ref, ingest = self.actor_ref, self.deps.ingest
-        if not ingest.has_room(first_history == 0, self.account_id, lambda: ref.tell(Wake())):
+        if not ingest.has_room(first_history == 0, self.account_id, lambda: ref.tell(Wake(room=True))):
+            self._parked = True
             return False
         try:
             return self._hand_over(rows, more_later, cut)

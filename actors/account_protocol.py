@@ -12,7 +12,10 @@ from wasync.runtime.store.base import Fence
 
 @dataclass(frozen=True)
 class Wake:
-    """New spool rows for this account (told by the transport's sink), or more to drain."""
+    """New spool rows for this account (told by the transport's sink), or more to drain;
+    `room`: from the writer's Backlog, which had no room for this account's rows before."""
+
+    room: bool = False
 
 
 @dataclass(frozen=True)
