@@ -85,6 +85,7 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
         self.instance_id, self.lease_s, self.version = instance_id, lease_ms / 1000, version
         self.incarnation = secrets.token_hex(4)
         self.started_at_ms = clock.wall_ms()
+        self._started_s = clock.monotonic_s()
         self.held: dict[str, _Held] = {}
         self.seen = _Seen()
         self.draining = False
@@ -94,13 +95,16 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
         self._last_ok_s: Optional[float] = None
         self._failing: Optional[str] = None
         self._io: Optional[pykka.ActorRef] = None
-        self._timers: dict[str, Optional[Timer]] = {"round": None, "takeover": None, "deadlines": None}
+        self._timers: dict[str, Optional[Timer]] = {"round": None, "takeover": None, "deadlines": None,
+                                                     "joining": None}
 
     # --- life cycle ----------------------------------------------------------------------
 
     def on_start(self) -> None:
         self._io = self._start_io()
         self._timers["round"] = self.ticker.every(self.actor_ref, lp.RoundDue(), self.lease_s / 3)
+        self._timers["joining"] = self.ticker.every(self.actor_ref, lp.RoundDue(),
+                                                    self.lease_s * policy.JOINING_ROUND_LEASES)
         log.info("[lease] instanceId=%s incarnation=%s lease=%.1fs: coordinating", self.instance_id,
                  self.incarnation, self.lease_s)
         self._round()
@@ -152,6 +156,10 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
     def _round(self) -> None:
         if self._left:
             return
+        joining = self._timers["joining"]
+        if joining is not None and self.clock.monotonic_s() - self._started_s >= self.lease_s:
+            joining.cancel()  # joined: rounds every lease/3 from now on
+            self._timers["joining"] = None
         if not self._io.is_alive():
             # It never should die (it catches what the store raises); if it did, a round in
             # flight never comes back: start a new helper rather than never renew again.

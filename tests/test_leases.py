@@ -240,3 +240,15 @@ def test_a_store_helper_that_died_is_replaced_and_renewals_go_on(cluster):
     cluster.advance(2 * LEASE_S)
     assert len(a.running()) == 10 and a.metrics.lease_lost.labels(reason="deadline")._value.get() == 0
     assert a.metrics.actor_failures.labels(actor="lease_io")._value.get() == 1
+
+
+def test_instances_started_together_share_the_accounts_well_before_a_regular_round(cluster):
+    a = cluster.start("i-a")
+    cluster.advance(0.5)
+    assert len(a.running()) == 10  # the first one up sees only itself: it takes them all
+    b = cluster.start("i-b")
+    # Joining instances have a round every lease/15: a sheds down to its share (+1 while b
+    # is new) and b takes them, long before either's regular round (lease/3) would have.
+    cluster.advance(LEASE_S / 3 - 1.0, step=0.25)
+    assert len(b.running()) >= 4 and len(a.running()) <= 6
+    assert_one_owner_each(cluster)

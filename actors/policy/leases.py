@@ -24,6 +24,12 @@ STOP_AT = 2 / 3  # of a lease after the last renewal was sent: the holder stops 
 # round, which renews first): a long run of acquisitions must not hold back renewals.
 ACQUIRE_BUDGET = 1 / 6
 STALE_INSTANCE_LEASES = 5  # an instance doc unchanged this many leases is a dead instance's
+# While joining (its first lease), an instance has a round every JOINING_ROUND_LEASES of a
+# lease as well: instances started together first see only themselves, the first one up
+# takes every free lease and sheds most of them a moment later; the others picked those up
+# only at their next round, lease/3 later (bench/pipeline.py --only instances: 4 instances
+# were no faster than 2).
+JOINING_ROUND_LEASES = 1 / 15
 
 
 @dataclass(frozen=True)
