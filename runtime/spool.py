@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
+from wasync.runtime.checkpointer import WalCheckpointer
 from wasync.runtime.clock import Clock
 
 _SCHEMA = """
@@ -124,6 +125,8 @@ class Spool:
         # One writing connection behind a lock: appends come from many transport threads
         # and each is one tiny transaction.
         self._writer = self._connect()
+        # Checkpoints run on their own thread, never inside an append (runtime/checkpointer.py).
+        self._writer.execute("PRAGMA wal_autocheckpoint=0")
         self._write_lock = threading.Lock()
         self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         self._closed = False
@@ -136,6 +139,8 @@ class Spool:
             # Which journal a row came from: seqs are only comparable within one spool
             # file, so replay-safe counters remember the last seq they counted per spool.
             self.id: str = conn.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0]
+        self._checkpointer = WalCheckpointer(self.path, name="spool-checkpoint",
+                                             busy_timeout_s=busy_timeout_s).start()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -326,6 +331,7 @@ class Spool:
 
     def close(self) -> None:
         self._closed = True
+        self._checkpointer.stop()
         while True:
             try:
                 self._idle.get_nowait().close()

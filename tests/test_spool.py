@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import textwrap
 
 import pytest
@@ -227,3 +228,21 @@ def test_a_restarted_process_waits_while_another_adopts_its_old_spool(tmp_path):
         Spool(path)
     assert time.monotonic() - started < 1
     running.close()
+
+
+def test_appends_never_checkpoint_and_the_wal_is_copied_back_by_its_own_thread(tmp_path):
+    spool = Spool(tmp_path / "spool.db")
+    probe = sqlite3.connect(tmp_path / "spool.db", isolation_level=None)
+    try:
+        assert spool._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # not inside an append
+        blob = b"h" * 8192
+        for _ in range(500):  # ~4 MB, as a history sync appends
+            spool.append("a1", "HistorySync", blob)
+        time.sleep(1.5)  # the checkpoint thread's turn (once a second)
+        for _ in range(10):
+            spool.append("a1", "HistorySync", blob)
+        frames = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+        assert frames < 500  # the WAL was copied back and started over: only the last 10 appends in it
+    finally:
+        probe.close()
+        spool.close()

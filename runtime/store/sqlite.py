@@ -24,6 +24,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 from wasync.runtime.account import AccountPatch, AccountRecord
 from wasync.runtime.backfill import RepairResult, ThreadHistory
+from wasync.runtime.checkpointer import WalCheckpointer
 from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, ThreadUpdate, thread_id
 from wasync.runtime.store import history, schema
 from wasync.runtime.store.base import BadData, Fence, Page, PhoneInUse, StoreError, WriteResult
@@ -129,9 +130,8 @@ class SqliteStore(SqliteOwnership):
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         self._migrate()
-        self._closed = threading.Event()
-        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="sqlite-checkpoint", daemon=True)
-        self._checkpointer.start()
+        self._checkpointer = WalCheckpointer(self.path, name="sqlite-checkpoint",
+                                             busy_timeout_s=self._busy_timeout_ms / 1000).start()
 
     @classmethod
     def from_settings(cls, settings) -> "SqliteStore":
@@ -200,23 +200,6 @@ class SqliteStore(SqliteOwnership):
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={number + 1}")
 
-    def _checkpoint_loop(self, every_s: float = 1.0) -> None:
-        """Copy the WAL back into the database once a second (PASSIVE: never waits for
-        readers or writers), so the WAL stays small and commits stay cheap."""
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
-        try:
-            while not self._closed.wait(every_s):
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error as exc:
-                    log.warning("sqlite checkpoint of %s failed: %s", self.path, exc)
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        except sqlite3.Error as exc:
-            log.warning("sqlite final checkpoint of %s failed: %s", self.path, exc)
-        finally:
-            conn.close()
-
     def ping(self) -> bool:
         try:
             self._conn().execute("SELECT 1").fetchone()
@@ -228,9 +211,7 @@ class SqliteStore(SqliteOwnership):
         """Nothing is held back: local writes are cheap, so thread docs are not coalesced."""
 
     def close(self) -> None:
-        self._closed.set()
-        if self._checkpointer.is_alive() and self._checkpointer is not threading.current_thread():
-            self._checkpointer.join(timeout=30)
+        self._checkpointer.stop()
         with self._all_lock:
             for conn in self._all:
                 try:
