@@ -721,6 +721,9 @@ def phase_hol(args, emulator_host: Optional[str]) -> dict:
         # the simulator is one process that also serializes the burst's history.
         inside, inside_note = quantile(0.99, hist_delta(after[STORE_METRIC], before[STORE_METRIC]))
         log(f"hol: inside the daemon during the burst: spool->store p99 {_ms(inside)} ({inside_note})")
+        appends = hist_delta(after[SPOOL_METRIC], before[SPOOL_METRIC])
+        log(f"hol: transport callback -> spool append during the burst (live and history events): "
+            f"{hist_summary(appends)}")
         all_live = sorted(rig.reader.live_latencies_ms())
         log(f"hol: {len(all_live)} live messages; {stored_history} history messages stored {burst_s:.0f} s after "
             f"the burst began; live event->store p50 {_p(all_live, 0.5):.0f} ms p99 {_p(all_live, 0.99):.0f} ms "
