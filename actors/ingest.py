@@ -44,16 +44,15 @@ class Ingest:
     metrics: Metrics
     clock: Clock
     dry_run_history: bool
-    backlog: Optional[Backlog] = None  # the writer's: when a lane is full, feeders leave rows in the spool
+    backlog: Backlog  # the writer's: when a lane is full, feeders leave rows in the spool
 
     def has_room(self, bulk: bool, key: str, wake: Optional[Callable[[], None]]) -> bool:
         """Whether to hand the writer more rows now; if not, `wake` is told when there is room.
         After a yes, say `read_done(key)` once the rows are handed over."""
-        return self.backlog is None or self.backlog.has_room(bulk, key, wake)
+        return self.backlog.has_room(bulk, key, wake)
 
     def read_done(self, key: str) -> None:
-        if self.backlog is not None:
-            self.backlog.read_done(key)
+        self.backlog.read_done(key)
 
     def fold(self, account_id: str, rows: list[SpoolRow]) -> Folded:
         b = _Builder(account_id)

@@ -78,6 +78,7 @@ class StoreWriterActor(pykka.ThreadingActor):
         self.clock, self.ticker, self.on_rejected = clock, ticker, on_rejected
         self.retry, self.rand = retry, rand or random.Random()
         self.backlog = backlog or new_backlog()
+        self._backlog_gauges = (metrics.writer_backlog.labels(lane="live"), metrics.writer_backlog.labels(lane="bulk"))
         # A store that writes several chunks at once (Firestore) says how much history it can take.
         self._lanes = Lanes(slice_ops or getattr(store, "ingest_slice", BULK_SLICE_OPS))
         self._timer: Optional[Timer] = None  # the next flush: ~100 ms after a batch, or a retry
@@ -141,9 +142,10 @@ class StoreWriterActor(pykka.ThreadingActor):
             self.actor_ref.tell(FlushDue())
 
     def _publish_backlog(self) -> None:
-        self.backlog.set(self._lanes.live_ops, self._lanes.bulk_ops)
-        self.metrics.writer_backlog.labels(lane="live").set(self._lanes.live_ops)
-        self.metrics.writer_backlog.labels(lane="bulk").set(self._lanes.bulk_ops)
+        live, bulk = self._lanes.live_ops, self._lanes.bulk_ops
+        self.backlog.set(live, bulk)
+        self._backlog_gauges[0].set(live)
+        self._backlog_gauges[1].set(bulk)
 
     def _later(self, delay_s: float) -> None:
         if self._timer is not None:

@@ -168,10 +168,6 @@ class Backlog:
         for wake in woken:
             wake()
 
-    def full(self, bulk: bool) -> bool:
-        with self._lock:
-            return self._ops[bulk] >= self.limits[bulk]
-
     def set(self, live_ops: int, bulk_ops: int) -> None:
         with self._lock:
             self._ops = {False: live_ops, True: bulk_ops}

@@ -499,24 +499,17 @@ def phase_ingest(args, emulator_host: Optional[str]) -> dict:
         result = {"ingest_msgs_per_s": ours, "messages": expected, "seconds": elapsed,
                   "daemon_cpu_s": cpu1[0] - cpu0[0], "sim_cpu_s": cpu1[1] - cpu0[1],
                   "store_flush_s": flush["sum"]}
-    result["raw_msgs_per_s"] = raw_ceiling(args, expected, args.ingest_accounts * args.ingest_chats, emulator_host)
-    result["ratio"] = result["ingest_msgs_per_s"] / result["raw_msgs_per_s"]
-    if ONE_BY_ONE:
-        result["one_by_one_msgs_per_s"] = ONE_BY_ONE[-1]
+    raw, one = raw_ceiling(args, expected, args.ingest_accounts * args.ingest_chats, emulator_host)
+    result["raw_msgs_per_s"], result["ratio"] = raw, result["ingest_msgs_per_s"] / raw
+    if one is not None:
+        result["one_by_one_msgs_per_s"] = one
     return result
 
 
-def _sqlite_encoder():
-    try:
-        from wasync.runtime.store.sqlite_codec import encode
-    except ImportError:  # before the SqliteStore split
-        from wasync.runtime.store.sqlite import _encode as encode
-    return encode
-
-
-def raw_ceiling(args, count: int, threads: int, emulator_host: Optional[str]) -> float:
+def raw_ceiling(args, count: int, threads: int, emulator_host: Optional[str]) -> tuple[float, Optional[float]]:
     """The same number of messages over as many chats, written with the store client's
-    plain batched writes (no read, no merge; documents encoded before the clock starts).
+    plain batched writes (no read, no merge; documents encoded before the clock starts);
+    and on Firestore the rate of one write per message (None on SQLite).
 
     In the order history sync delivers them: chat by chat (a HistorySync chunk holds one
     conversation's newest messages), which is what the daemon wrote. store_ingest.py's
@@ -527,8 +520,10 @@ def raw_ceiling(args, count: int, threads: int, emulator_host: Optional[str]) ->
     messages = store_ingest.make_messages(count, threads)
     docs = store_ingest.plain_docs(messages)
     chat_major = sorted(docs, key=lambda d: (d[0], d[2]["tsClientMs"]))
+    one = None
     if args.store == "sqlite":
-        encode = _sqlite_encoder()
+        from wasync.runtime.store.sqlite_codec import encode
+
         with tempfile.TemporaryDirectory(prefix="wasync-bench-raw-") as tmp:
             rows = [(t, i, "bench", d["tsClientMs"], encode(d)) for t, i, d in chat_major]
             raw = store_ingest._sqlite_raw(Path(tmp) / "raw.db", rows, store_ingest.BATCH)
@@ -538,14 +533,14 @@ def raw_ceiling(args, count: int, threads: int, emulator_host: Optional[str]) ->
                 log(f"ingest: raw, store_ingest.py's interleaved order (every message of a batch in "
                     f"another chat): {mixed:.0f} msgs/s")
     else:
-        raw = firestore_raw(chat_major, emulator_host)
+        raw, one = firestore_raw(chat_major, emulator_host)
     log(f"ingest: raw ceiling (chat by chat) {raw:.0f} msgs/s")
-    return raw
+    return raw, one
 
 
-def firestore_raw(docs: list[tuple[str, str, dict]], emulator_host: str) -> float:
+def firestore_raw(docs: list[tuple[str, str, dict]], emulator_host: str) -> tuple[float, float]:
     """As bench/store_ingest.py's Firestore raw: WriteBatch of 500 plain sets (after the
-    same warm-up of the emulator JVM)."""
+    same warm-up of the emulator JVM); and one plain write per message, on a sample."""
     from google.cloud import firestore
 
     os.environ["FIRESTORE_EMULATOR_HOST"] = emulator_host
@@ -573,11 +568,7 @@ def firestore_raw(docs: list[tuple[str, str, dict]], emulator_host: str) -> floa
         one_db.collection("threads").document(t).collection("messages").document(mid).set(doc)
     one = store_ingest.rate(len(sample), time.perf_counter() - start)
     log(f"ingest: one write per message (the old backend's path, {len(sample)} messages): {one:.0f} msgs/s")
-    ONE_BY_ONE.append(one)
-    return raw
-
-
-ONE_BY_ONE: list[float] = []  # firestore_raw's one-write-per-message rate, when measured
+    return raw, one
 
 
 # --- phase 2: realtime latency -------------------------------------------------------

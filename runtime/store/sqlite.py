@@ -29,7 +29,7 @@ from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, T
 from wasync.runtime.store import history, schema
 from wasync.runtime.store.base import BadData, Fence, Page, PhoneInUse, StoreError, WriteResult
 from wasync.runtime.store.schema import merge_message, ms_to_dt, to_api
-from wasync.runtime.store.sqlite_codec import decode, encode, plain
+from wasync.runtime.store.sqlite_codec import decode, encode
 from wasync.runtime.store.sqlite_tx import SqliteOwnership
 
 log = logging.getLogger("wasync.store.sqlite")
@@ -232,7 +232,6 @@ class SqliteStore(SqliteOwnership):
     def _upsert(self, conn, messages: Sequence[Message], now_ms: int) -> WriteResult:
         """upsert_messages inside the caller's transaction."""
         now = ms_to_dt(now_ms)
-        now_plain = plain(now)
         keys = list({(m.thread_id, m.id): None for m in messages})
         docs = self._load(conn, "messages", "id", "doc", keys)
         # Held patches are rare (a receipt before its message): skip the lookup when there are none.
@@ -249,7 +248,7 @@ class SqliteStore(SqliteOwnership):
             docs[key] = merge_message(docs[key], patch, now)
         insert_rows(conn, "INSERT INTO messages (thread_id, id, account_id, ts_client_ms, doc) VALUES",
                     "ON CONFLICT (thread_id, id) DO UPDATE SET doc = excluded.doc, ts_client_ms = excluded.ts_client_ms",
-                    [(t, i, d["accountId"], d["tsClientMs"], encode(d, now, now_plain)) for (t, i), d in docs.items()])
+                    [(t, i, d["accountId"], d["tsClientMs"], encode(d)) for (t, i), d in docs.items()])
         if patches:
             conn.executemany("DELETE FROM pending_updates WHERE thread_id = ? AND message_id = ?", list(patches))
         touched = self._merge_threads(conn, [ThreadUpdate.from_message(m) for m in newest.values()], now)
