@@ -307,7 +307,7 @@ class AccountActor(pykka.ThreadingActor):
         if cut:
             rows = rows[:first_history]
         ref, ingest = self.actor_ref, self.deps.ingest
-        if not ingest.has_room(first_history == 0, self.account_id, lambda: ref.tell(Wake(room=True))):
+        if not ingest.has_room(first_history == 0, self.account_id, lambda: tell_if_alive(ref, Wake(room=True))):
             self._parked = True
             return False
         try:

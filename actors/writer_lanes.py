@@ -18,12 +18,15 @@ the writer (so the writer's memory stays bounded while the store is down).
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Callable, Optional, Union
 
 from wasync.actors.writer_protocol import AccountUpdate, IngestBatch
+
+log = logging.getLogger("wasync.writer")
 
 Work = Union[IngestBatch, AccountUpdate]
 
@@ -165,15 +168,13 @@ class Backlog:
                 return
             self._reading.discard(key)
             woken = self._due()
-        for wake in woken:
-            wake()
+        _wake_all(woken)
 
     def set(self, live_ops: int, bulk_ops: int) -> None:
         with self._lock:
             self._ops = {False: live_ops, True: bulk_ops}
             woken = self._due()
-        for wake in woken:
-            wake()
+        _wake_all(woken)
 
     def _due(self) -> list[Callable[[], None]]:
         """Waiters to wake (under the lock): every live one once its lane is half empty; bulk
@@ -189,3 +190,13 @@ class Backlog:
                 turns -= 1
             woken.append(self._waiting.pop((bulk, key)))
         return woken
+
+
+def _wake_all(woken: list[Callable[[], None]]) -> None:
+    """Each waiter once; one that fails must not cost the others their wake-up (taken off
+    the waiting list, they would stay parked for good: deaf accounts)."""
+    for wake in woken:
+        try:
+            wake()
+        except Exception:
+            log.exception("[realtime] waking a feeder of the writer failed")

@@ -104,3 +104,19 @@ def test_one_feeder_at_a_time_reads_history_and_hands_its_turn_to_the_next():
     assert backlog.has_room(True, "b", lambda: None)
     backlog.read_done("b")
     assert woken == ["b", "c"]
+
+
+def test_a_wake_that_fails_costs_the_other_waiters_nothing():
+    """A feeder that stopped while it waited (its actor is gone) must not leave the others
+    parked for good: their wake-ups were already taken off the list."""
+    backlog = Backlog(live_limit_ops=100, bulk_limit_ops=1_000)
+    woken = []
+
+    def gone():
+        raise RuntimeError("actor stopped")
+
+    backlog.set(live_ops=100, bulk_ops=0)
+    assert not backlog.has_room(False, "gone", gone)
+    assert not backlog.has_room(False, "b", lambda: woken.append("b"))
+    backlog.set(live_ops=0, bulk_ops=0)
+    assert woken == ["b"]
