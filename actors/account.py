@@ -320,7 +320,7 @@ class AccountActor(pykka.ThreadingActor):
         folded = self.deps.ingest.fold(self.account_id, rows)
         before = self.facts
         self._observe_all(folded)
-        if before.connected != self.facts.connected:
+        if self.facts.link_news(before):
             self._to_outbox(op.Linked(self.facts.connected))
         self.deps.writer.tell(self.backfill.tagged(folded.batch))
         self.backfill.answers(folded)

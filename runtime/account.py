@@ -198,6 +198,14 @@ class AccountFacts:
     def connected(self) -> bool:
         return self.link is Link.CONNECTED
 
+    def link_news(self, before: "AccountFacts") -> bool:
+        """Whether the account's outbox must hear of the link since `before`: it went up or
+        down, or it came up again (a reconnect whose Disconnected and Connected were drained
+        in one page). The outbox stops sending when a send finds the socket gone and waits
+        for word that it is back; without this word it would wait for good."""
+        return self.connected != before.connected or (
+            self.connected and self.connected_since_ms != before.connected_since_ms)
+
 
 @dataclass(frozen=True)
 class Supervision:

@@ -392,3 +392,16 @@ RECOVERED_TABLE = [
 def test_recovered(facts, expected):
     f, now, threshold = facts
     assert recovered(f, verdict(f, now, threshold), now, threshold) is expected
+
+
+def test_the_outbox_hears_of_every_link_change_even_a_reconnect_drained_in_one_page():
+    """A send that found the socket gone stops the outbox until it hears the link is back.
+    A reconnect whose Disconnected and Connected arrive in one drained page leaves
+    `connected` as it was: the new connection must still be news."""
+    up = AccountFacts("a1", link=Link.CONNECTED, connected_since_ms=1_000)
+    down = AccountFacts("a1", link=Link.DISCONNECTED, connected_since_ms=1_000)
+    again = AccountFacts("a1", link=Link.CONNECTED, connected_since_ms=5_000)
+    assert up.link_news(down) and down.link_news(up)
+    assert again.link_news(up)  # back again within one page
+    assert not up.link_news(up)  # messages only: nothing to say
+    assert not down.link_news(AccountFacts("a1", link=Link.CONNECTING))
