@@ -220,7 +220,15 @@ def test_two_instances_racing_on_one_account_send_each_message_once(sim, tmp_pat
         owner = daemons[holder()] if holder() else one
         return all(item(owner, i)["status"] == "sent" for i in ids)
 
-    wait_for(all_sent, timeout_s=60, what="every race message sent")
+    try:
+        wait_for(all_sent, timeout_s=60, what="every race message sent")
+    except AssertionError as exc:  # say which items, in what state, and what the instances logged
+        owner = daemons[holder()] if holder() else one
+        states = [(i, item(owner, i)) for i in ids]
+        unsent = [(i, s["status"], s.get("error"), s.get("attempts"), s.get("nextAttemptAtMs")) for i, s in states
+                  if s["status"] != "sent"]
+        tails = "\n".join(f"--- {name}\n{d.tail(6000)}" for name, d in daemons.items())
+        raise AssertionError(f"{exc}: not sent {unsent}\n{tails}") from None
     reached = [m["text"] for m in sent_by_clients(sim, RACE_PHONE)]
     assert sorted(reached) == sorted(texts)  # each exactly once
     assert stats(sim, RACE_PHONE)["sent"] - before["sent"] == len(texts)
