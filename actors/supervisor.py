@@ -20,7 +20,7 @@ restarts wait an exponential backoff and count against an intensity limit (beyon
 `needs_repair` + alert); a degraded session is restarted once, and if the restart did not
 heal it the account needs a human; a logout needs a human at once; a temporary ban is
 waited out; StreamReplaced stops the account (another client owns the session; never
-fight it). Every start takes a slot from the shared StartGate so a fleet never connects
+fight it at once: one reconnect a lease later while the lease stays here, then a hold). Every start takes a slot from the shared StartGate so a fleet never connects
 at once. Timers go through the ticker (one heap for every pending start).
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ from wasync.actors import supervisor_protocol as sp
 from wasync.actors.account_protocol import Fault, NewFence, PairPhone, Probe, StopSession
 from wasync.actors.leases_protocol import AccountStopped, FenceRejected
 from wasync.actors.leases_protocol import SessionReplaced as LeaseSessionReplaced
-from wasync.actors.policy.escalation import REPAIR, on_degraded, recovered
+from wasync.actors.policy.escalation import REPAIR, RESTART, after_replaced, on_degraded, recovered
 from wasync.actors.policy.health import verdict
 from wasync.actors.policy.intensity import RestartLog, check_restart
 from wasync.actors.reply import Reply, answer, fail, tell_if_alive
@@ -404,15 +404,31 @@ class SupervisorActor(pykka.ThreadingActor):
         self._publish(w)
 
     def _replaced(self, w: Watch) -> None:
-        self.to_leases(LeaseSessionReplaced(w.account_id))  # if the lease moved on, this is the handover
+        """Another client took the socket. Never fought at once: the lease coordinator checks
+        the lease (if it moved on, this is the handover and the account goes). If it stays
+        ours, the first takeover gets one reconnect a lease later, a second one within the
+        window holds the account for an operator (policy/escalation.after_replaced)."""
+        self.to_leases(LeaseSessionReplaced(w.account_id))
         self.metrics.stream_replaced.inc()
-        log.warning("[lease] accountId=%s StreamReplaced: another client owns this session; stopped, "
-                    "not reconnecting", w.account_id)
         self._stop_child(w)
-        w.token += 1
-        w.hold, w.status, w.is_degraded = Hold.STREAM_REPLACED, S.DISCONNECTED, False
-        w.warning = ("another client took over this session (StreamReplaced): not reconnecting; "
-                     "restart it with regenerate-qr once the other client is gone")
+        now = self.clock.wall_ms()
+        decision, w.replaced_ms = after_replaced(now, w.replaced_ms), now
+        w.status, w.is_degraded = S.DISCONNECTED, False
+        if decision == RESTART:
+            wait_s = self.policy.replaced_retry_s
+            log.warning("[lease] accountId=%s StreamReplaced: another client took this session; reconnecting once "
+                        "in %.0f s if the lease stays here (a late connect of an instance that lost it stops by "
+                        "then)", w.account_id, wait_s)
+            w.warning = (f"another client took over this session (StreamReplaced): reconnecting once in "
+                         f"{wait_s:.0f} s if the lease stays here")
+            self._schedule(w, wait_s)
+        else:
+            log.warning("[lease] accountId=%s StreamReplaced again: another client uses this session; stopped, "
+                        "not reconnecting", w.account_id)
+            w.token += 1
+            w.hold = Hold.STREAM_REPLACED
+            w.warning = ("another client took over this session again (StreamReplaced): not reconnecting; "
+                         "restart it with regenerate-qr once the other client is gone")
         self._publish(w)
 
     def _banned(self, w: Watch, reason: str, retry_after_ms: int) -> None:
@@ -501,7 +517,7 @@ class SupervisorActor(pykka.ThreadingActor):
             w.fresh_pairing = True
             log.warning("[supervisor] accountId=%s re-pair requested: a new pairing starts", account_id)
         self._stop_child(w)
-        w.hold, w.restarts, w.degraded_restart_ms = None, RestartLog(), None
+        w.hold, w.restarts, w.degraded_restart_ms, w.replaced_ms = None, RestartLog(), None, None
         w.status, w.is_degraded, w.warning = S.CONNECTING, False, None
         self._schedule(w, 0.0)
         self._publish(w)

@@ -27,6 +27,7 @@ class SupervisionPolicy:
     hung_after_ms: int = 30_000
     degraded_after_ms: int = 300_000
     stop_child_s: float = 15.0  # a child not stopped by then is abandoned like a hung one
+    replaced_retry_s: float = 15.0  # after a StreamReplaced, the one reconnect waits a lease
 
 
 class Hold(str, enum.Enum):
@@ -66,6 +67,7 @@ class Watch:
     probe_sent_s: Optional[float] = None  # monotonic time of the unanswered probe
     probe_ticks: int = 0  # ticks since it was sent
     degraded_restart_ms: Optional[int] = None
+    replaced_ms: Optional[int] = None  # the last StreamReplaced (policy/escalation.after_replaced)
     fresh_pairing: bool = False  # starts forget the stored session until a pairing succeeds
     repair: Repair = NO_REPAIR
     status: S = S.CONNECTING

@@ -247,7 +247,8 @@ def build_system(settings: Settings, clock: Optional[Clock] = None, ticker: Opti
         sessions=sessions if sessions is not None else make_sessions(settings, gate),
         alerts=alerts,
         calls=ThreadPoolExecutor(max_workers=SESSION_CALL_THREADS, thread_name_prefix="session-call"),
-        policy=SupervisionPolicy(hung_after_ms=settings.hung_after_ms, degraded_after_ms=settings.degraded_after_ms))
+        policy=SupervisionPolicy(hung_after_ms=settings.hung_after_ms, degraded_after_ms=settings.degraded_after_ms,
+                                 replaced_retry_s=settings.lease_ms / 1000))
 
 
 async def serve(system: System, settings: Settings) -> int:

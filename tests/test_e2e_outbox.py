@@ -158,8 +158,12 @@ def test_two_instances_racing_on_one_account_send_each_message_once(sim, tmp_pat
     through both while the holder is SIGKILLed, restarted, and the next holder frozen
     (SIGSTOP) for two leases."""
     shared = tmp_path / "shared"
-    one = daemon_for(sim, shared, "i1").start()
-    two = daemon_for(sim, shared, "i2").start()
+    # Connects take 500 ms, as neonize's registrations do: the freeze below then often
+    # lands while the new holder is connecting, and when it wakes that connect kicks the
+    # instance that took the lease meanwhile (StreamReplaced, which once left it deaf).
+    slow = {"WASYNC_SIM_REGISTRATION_MS": "500"}
+    one = daemon_for(sim, shared, "i1", **slow).start()
+    two = daemon_for(sim, shared, "i2", **slow).start()
     daemons = {"i1": one, "i2": two}
     before = stats(sim, RACE_PHONE)
     assert one.request("POST", "/api/whatsapp/accounts", {"accountId": "race", "phone": RACE_PHONE})[0] == 201

@@ -346,7 +346,10 @@ def test_a_temporary_ban_is_waited_out_then_retried(rig):
     watch_health(daemon, account_id, lambda h: h["status"] == "connected", 10)
 
 
-def test_stream_replaced_stops_the_session_for_good(rig, tmp_path):
+def test_stream_replaced_stops_the_session_and_does_not_fight_at_once(rig, tmp_path):
+    """Another client with the account's keys connects: the daemon stops and shows why,
+    and opens no connection for well under a lease (its one reconnect a lease later is
+    tested in test_supervisor.py on a fake clock)."""
     from wasync.runtime.transport.simulated import SimulatedTransport
 
     sim, daemon, _ = rig

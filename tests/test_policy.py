@@ -405,3 +405,11 @@ def test_the_outbox_hears_of_every_link_change_even_a_reconnect_drained_in_one_p
     assert again.link_news(up)  # back again within one page
     assert not up.link_news(up)  # messages only: nothing to say
     assert not down.link_news(AccountFacts("a1", link=Link.CONNECTING))
+
+
+def test_a_stream_replaced_is_answered_by_one_reconnect_then_a_hold_within_ten_minutes():
+    from wasync.actors.policy.escalation import HOLD, RESTART, after_replaced
+
+    assert after_replaced(1_000_000, None) == RESTART
+    assert after_replaced(1_000_000, 1_000_000 - 9 * 60_000) == HOLD
+    assert after_replaced(1_000_000, 1_000_000 - 10 * 60_000) == RESTART  # long ago: a new incident

@@ -235,3 +235,29 @@ def test_a_lease_lost_outright_closes_the_socket_even_while_the_actor_is_busy(ri
     wait_for(lambda: first.stopped.is_set(), 5, "the socket closed without the actor")
     rig.advance(1)
     assert rig.running() == ()
+
+
+def test_a_stream_replaced_while_the_lease_stays_here_reconnects_once_a_lease_later_then_holds(rig_factory):
+    """An instance frozen in the middle of connecting finishes that connect when it wakes,
+    after its lease came here, and kicks our socket. Held for good, the account would be
+    deaf under a lease nobody else may take: the first takeover gets one reconnect a lease
+    later (never at once), a second one within ten minutes holds it for an operator."""
+    rig = rig_factory([("a1", "15550001111")])
+    rig.transport.connect_on_start.add("a1")
+    rig.advance(0.5)
+    assert status(rig, "a1") is AccountStatus.CONNECTED
+    rig.transport.sessions["a1"].emit(pb.stream_replaced_event())
+    rig.settle()
+    state = rig.board.account("a1")
+    assert state.status is AccountStatus.DISCONNECTED and "reconnecting once in 15 s" in state.warning
+    rig.advance(14)
+    assert rig.transport.opened["a1"] == 1  # no fight: a whole lease first
+    rig.advance(2)
+    assert rig.transport.opened["a1"] == 2 and status(rig, "a1") is AccountStatus.CONNECTED
+    rig.advance(60)
+    rig.transport.sessions["a1"].emit(pb.stream_replaced_event())
+    rig.settle()
+    rig.advance(60)
+    state = rig.board.account("a1")
+    assert rig.transport.opened["a1"] == 2 and state.status is AccountStatus.DISCONNECTED
+    assert "again" in state.warning and rig.metrics.stream_replaced._value.get() == 2

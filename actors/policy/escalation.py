@@ -24,6 +24,7 @@ MIN_ESCALATION_WINDOW_MS = 10 * 60_000
 
 RESTART = "restart"
 REPAIR = "repair"
+HOLD = "hold"
 
 
 def escalation_window_ms(degraded_after_ms: int) -> int:
@@ -52,3 +53,25 @@ def recovered(facts: AccountFacts, v: Verdict, now_ms: int, degraded_after_ms: i
     if facts.last_real_message_ms is not None and facts.last_real_message_ms >= since:
         return True
     return now_ms - since >= degraded_after_ms
+
+
+# --- StreamReplaced ---------------------------------------------------------------------------
+
+REPLACED_WINDOW_MS = 10 * 60_000
+
+
+def after_replaced(now_ms: int, last_replaced_ms: Optional[int]) -> str:
+    """RESTART (once, after a lease) or HOLD for an account whose socket was taken over
+    (StreamReplaced) while its lease here is still ours.
+
+    Only a client with this device's own keys can take its socket: in practice another
+    instance of ours. One that was frozen in the middle of connecting (a long GC pause,
+    a stopped VM) finishes that connect when it wakes, after its lease went to us, and
+    kicks us; it stops its own socket as soon as it sees its lease gone. Holding here for
+    good would leave the account deaf under a lease nobody else may take. So the first
+    takeover is answered with one reconnect a lease later, never at once (no fight). A
+    second one within REPLACED_WINDOW_MS means a client really uses this session (a copy
+    of the session store elsewhere): then the account is held for an operator."""
+    if last_replaced_ms is not None and now_ms - last_replaced_ms < REPLACED_WINDOW_MS:
+        return HOLD
+    return RESTART
