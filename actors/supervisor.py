@@ -411,7 +411,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self.to_leases(LeaseSessionReplaced(w.account_id))
         self.metrics.stream_replaced.inc()
         self._stop_child(w)
-        now = self.clock.wall_ms()
+        now = int(self.clock.monotonic_s() * 1000)  # a window: a wall-clock step must not move it
         decision, w.replaced_ms = after_replaced(now, w.replaced_ms), now
         w.status, w.is_degraded = S.DISCONNECTED, False
         if decision == RESTART:
@@ -429,6 +429,10 @@ class SupervisorActor(pykka.ThreadingActor):
             w.hold = Hold.STREAM_REPLACED
             w.warning = ("another client took over this session again (StreamReplaced): not reconnecting; "
                          "restart it with regenerate-qr once the other client is gone")
+            # An operator must act (the Prometheus rule wants more than two in 15 minutes);
+            # cleared once the account, restarted, has proven itself again.
+            self.alerts.raise_alert(w.account_id, "another client uses this session (StreamReplaced twice)",
+                                    Hold.STREAM_REPLACED.value, since_ms=self.clock.wall_ms())
         self._publish(w)
 
     def _banned(self, w: Watch, reason: str, retry_after_ms: int) -> None:

@@ -67,7 +67,7 @@ class Watch:
     probe_sent_s: Optional[float] = None  # monotonic time of the unanswered probe
     probe_ticks: int = 0  # ticks since it was sent
     degraded_restart_ms: Optional[int] = None
-    replaced_ms: Optional[int] = None  # the last StreamReplaced (policy/escalation.after_replaced)
+    replaced_ms: Optional[int] = None  # the last StreamReplaced, monotonic (policy/escalation.after_replaced)
     fresh_pairing: bool = False  # starts forget the stored session until a pairing succeeds
     repair: Repair = NO_REPAIR
     status: S = S.CONNECTING

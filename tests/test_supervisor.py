@@ -261,3 +261,4 @@ def test_a_stream_replaced_while_the_lease_stays_here_reconnects_once_a_lease_la
     state = rig.board.account("a1")
     assert rig.transport.opened["a1"] == 2 and state.status is AccountStatus.DISCONNECTED
     assert "again" in state.warning and rig.metrics.stream_replaced._value.get() == 2
+    assert "a1" in rig.system.alerts.open_incidents()  # an operator must act now
