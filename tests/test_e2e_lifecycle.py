@@ -93,7 +93,7 @@ def test_no_row_is_stranded_when_accounts_go_and_sigterm_drains_at_once(tmp_path
 
         # removed through the API: its session's last Disconnected is spooled as it stops
         assert daemon.request("DELETE", "/api/whatsapp/accounts/gone")[0] == 200
-        # taken over by another client (StreamReplaced): held, not restarted
+        # taken over by another client (StreamReplaced): stopped, not restarted within a lease
         host, port = sim.address.removeprefix("sim://").split(":")
         other = SimulatedTransport(host, int(port), tmp_path / "other-sessions")
         intruder = other.open("intruder", cases["taken"], lambda kind, raw: None)
