@@ -306,14 +306,14 @@ class AccountActor(pykka.ThreadingActor):
         cut = bool(first_history)
         if cut:
             rows = rows[:first_history]
-        ref, ingest = self.actor_ref, self.deps.ingest
-        if not ingest.has_room(first_history == 0, self.account_id, lambda: tell_if_alive(ref, Wake(room=True))):
+        ref, backlog = self.actor_ref, self.deps.ingest.backlog
+        if not backlog.has_room(first_history == 0, self.account_id, lambda: tell_if_alive(ref, Wake(room=True))):
             self._parked = True
             return False
         try:
             return self._hand_over(rows, more_later, cut)
         finally:
-            ingest.read_done(self.account_id)
+            backlog.read_done(self.account_id)
 
     def _hand_over(self, rows: list[SpoolRow], more_later: bool, cut: bool) -> bool:
         self.cursor = rows[-1].seq

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 from wasync.actors.writer_lanes import Backlog
 from wasync.actors.writer_protocol import IngestBatch
@@ -44,15 +44,9 @@ class Ingest:
     metrics: Metrics
     clock: Clock
     dry_run_history: bool
-    backlog: Backlog  # the writer's: when a lane is full, feeders leave rows in the spool
-
-    def has_room(self, bulk: bool, key: str, wake: Optional[Callable[[], None]]) -> bool:
-        """Whether to hand the writer more rows now; if not, `wake` is told when there is room.
-        After a yes, say `read_done(key)` once the rows are handed over."""
-        return self.backlog.has_room(bulk, key, wake)
-
-    def read_done(self, key: str) -> None:
-        self.backlog.read_done(key)
+    # The writer's: feeders ask it before reading the spool (has_room / read_done), and
+    # while a lane is full they leave the rows there.
+    backlog: Backlog
 
     def fold(self, account_id: str, rows: list[SpoolRow]) -> Folded:
         b = _Builder(account_id)

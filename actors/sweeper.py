@@ -67,7 +67,7 @@ class SweeperActor(pykka.ThreadingActor):
     def _writer_has_room(self) -> bool:
         """Both lanes (swept rows may be live or history), and a bulk reader's turn; if not,
         the next sweep tries again."""
-        return all(self.ingest.has_room(bulk, "sweeper", None) for bulk in (False, True))
+        return all(self.ingest.backlog.has_room(bulk, "sweeper", None) for bulk in (False, True))
 
     def _sweep(self) -> int:
         spool = self.ingest.spool
@@ -91,7 +91,7 @@ class SweeperActor(pykka.ThreadingActor):
                         self.cursors[account_id] = rows[-1].seq  # handed over: not again while the writer has them
                         count += len(rows)
                 finally:
-                    self.ingest.read_done("sweeper")
+                    self.ingest.backlog.read_done("sweeper")
                 if not rows:
                     break
             if count:
