@@ -24,7 +24,7 @@ from wasync.runtime.account import AccountPatch, AccountRecord
 from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, ThreadUpdate, thread_id
 from wasync.runtime.store.base import Fence, Page, PhoneInUse, WriteResult
 from wasync.runtime.store.firestore_history import HISTORY_READERS, FirestoreHistory
-from wasync.runtime.store.firestore_wire import emulator_client, fast_set, service_account_credentials
+from wasync.runtime.store.firestore_wire import WriteEncoder, emulator_client, fast_set, service_account_credentials
 from wasync.runtime.store.firestore_tx import OwnershipOps, call_options, check_fence, run_tx, store_errors, tx_read
 from wasync.runtime.store import history, schema
 from wasync.runtime.store.schema import (
@@ -282,16 +282,16 @@ class FirestoreStore(OwnershipOps, FirestoreHistory):
     def _commit(self, groups: Iterable[list[tuple[Any, Optional[dict]]]], create: bool = False) -> None:
         """Commit (ref, doc-or-None-to-delete) writes in batches of at most MAX_OPS;
         the writes of one group always share a batch."""
-        batch, ops = self._db.batch(), 0
+        batch, ops, encoder = self._db.batch(), 0, WriteEncoder()
         for group in groups:
             if ops + len(group) > MAX_OPS:
                 batch.commit(**self._write)
-                batch, ops = self._db.batch(), 0
+                batch, ops, encoder = self._db.batch(), 0, WriteEncoder()
             for ref, doc in group:
                 if doc is None:
                     batch.delete(ref)
                 else:
-                    fast_set(batch, ref, doc, create=create)
+                    fast_set(batch, ref, doc, create=create, encoder=encoder)
             ops += len(group)
         if ops:
             batch.commit(**self._write)

@@ -4,8 +4,9 @@ documents straight to `Write` protobufs.
 `WriteBatch.set` builds every field through proto-plus wrappers, which costs more CPU
 than the rest of an ingest (reads included): profiled at ~140 µs of a ~180 µs
 message write. Messages and threads are plain values, so they are encoded here with the
-raw protobuf classes and handed to the batch through `_add_write_pbs`, the hook the
-client's own `set` ends in (its docstring invites subclasses to override it). Anything
+raw protobuf classes (`WriteEncoder`, ~11 µs a message) and handed to the batch through
+`_add_write_pbs`, the hook the client's own `set` ends in (its docstring invites
+subclasses to override it). Anything
 this encoder does not know (sentinels, references, geo points, vectors) goes through
 `batch.set` unchanged; tests/test_firestore_layout.py checks both paths encode alike.
 """
@@ -65,16 +66,61 @@ def _value(v: Any):
     raise _Unsupported(kind)
 
 
+class WriteEncoder:
+    """Encodes the documents of one commit to `Write` protobufs, each field's encoding
+    made once per value and reused.
+
+    A commit's messages share most of their values (account, chat, direction, type, sync
+    source, the batch's `now`...). Building a field's `Value` and copying it into the
+    document's map cost ~1 µs each, 20 µs a message. Here a field seen before with the
+    same value is taken as the bytes of a `Write` holding just that field; the fields seen
+    for the first time are built together with the name (and precondition), and the parts
+    are parsed once: protobuf merges repeated messages and map entries, so the result is
+    the same `Write` (11 µs a message). Values of any other kind (floats: -0.0 == 0.0;
+    maps and lists) are never reused. One encoder per commit bounds what it remembers."""
+
+    _REUSABLE = frozenset((str, int, bool, type(None), datetime))
+
+    def __init__(self) -> None:
+        self._fields: dict[tuple, bytes] = {}  # (name, kind, value) -> one-field Write bytes
+        self._seen: set[tuple] = set()
+
+    def write(self, ref, doc: dict, create: bool = False):
+        """The `Write` that `batch.set(ref, doc)` (or `batch.create`) would produce; raises
+        _Unsupported for values it does not know."""
+        parts, first = [], {}
+        reusable, fields, seen = self._REUSABLE, self._fields, self._seen
+        for name, v in doc.items():
+            kind = type(v)
+            if kind not in reusable:
+                first[name] = _value(v)
+                continue
+            key = (name, kind, v)
+            encoded = fields.get(key)
+            if encoded is None:
+                if key not in seen:
+                    seen.add(key)
+                    first[name] = _value(v)
+                    continue
+                encoded = fields[key] = _Write(update=_Document(fields={name: _value(v)})).SerializeToString()
+            parts.append(encoded)
+        update = _Document(name=ref._document_path, fields=first)
+        head = _Write(update=update, current_document=_MUST_NOT_EXIST) if create else _Write(update=update)
+        if not parts:
+            return head
+        parts.append(head.SerializeToString())
+        return _Write.FromString(b"".join(parts))
+
+
 def write_pb(ref, doc: dict, create: bool = False):
     """The `Write` that `batch.set(ref, doc)` (or `batch.create`) would produce; raises
     _Unsupported for values it does not know."""
-    update = _Document(name=ref._document_path, fields={k: _value(v) for k, v in doc.items()})
-    return _Write(update=update, current_document=_MUST_NOT_EXIST) if create else _Write(update=update)
+    return WriteEncoder().write(ref, doc, create)
 
 
-def fast_set(batch, ref, doc: dict, create: bool = False) -> None:
+def fast_set(batch, ref, doc: dict, create: bool = False, encoder: Optional[WriteEncoder] = None) -> None:
     try:
-        pb = write_pb(ref, doc, create)
+        pb = (encoder or WriteEncoder()).write(ref, doc, create)
     except _Unsupported:
         (batch.create if create else batch.set)(ref, doc)
         return
