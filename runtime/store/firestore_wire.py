@@ -6,9 +6,9 @@ than the rest of an ingest (reads included): profiled at ~140 µs of a ~180 µs
 message write. Messages and threads are plain values, so they are encoded here with the
 raw protobuf classes (`WriteEncoder`, ~11 µs a message) and handed to the batch through
 `_add_write_pbs`, the hook the client's own `set` ends in (its docstring invites
-subclasses to override it). Anything
-this encoder does not know (sentinels, references, geo points, vectors) goes through
-`batch.set` unchanged; tests/test_firestore_layout.py checks both paths encode alike.
+subclasses to override it). Anything this encoder does not know (sentinels, references,
+geo points, vectors) goes through `batch.set` unchanged; tests/test_firestore_layout.py
+checks both paths encode alike.
 """
 from __future__ import annotations
 
