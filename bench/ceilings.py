@@ -52,12 +52,7 @@ def firestore_raw(docs: list[tuple[str, str, dict]], emulator_host: str) -> tupl
 
     os.environ["FIRESTORE_EMULATOR_HOST"] = emulator_host
     stamp = time.time_ns()
-    warm = firestore.Client(project=f"bench-warm-{stamp}")
-    for i in range(0, min(len(docs), 5_000), store_ingest.BATCH):
-        batch = warm.batch()
-        for t, mid, doc in docs[i:i + store_ingest.BATCH]:
-            batch.set(warm.collection("threads").document(t).collection("messages").document(mid), doc)
-        batch.commit()
+    store_ingest.warm_emulator(docs)
     db = firestore.Client(project=f"bench-raw-{stamp}")
     refs = [db.collection("threads").document(t).collection("messages").document(i) for t, i, _ in docs]
     start = time.perf_counter()
@@ -76,3 +71,4 @@ def firestore_raw(docs: list[tuple[str, str, dict]], emulator_host: str) -> tupl
     one = store_ingest.rate(len(sample), time.perf_counter() - start)
     log(f"ingest: one write per message (the old backend's path, {len(sample)} messages): {one:.0f} msgs/s")
     return raw, one
+

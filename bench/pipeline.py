@@ -84,6 +84,7 @@ from typing import Any, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ceilings import raw_ceiling  # noqa: E402
+from store_ingest import warm_emulator  # noqa: E402
 from realtime_phases import phase_hol, phase_latency, phase_outage  # noqa: E402
 from rig import (PhaseStalled, PhaseTimeout, Rig, hist_delta, log, phone, poll, scrape,  # noqa: E402
                  spool_depth)
@@ -111,6 +112,8 @@ def phase_ingest(args, emulator_host: Optional[str]) -> dict:
     world, expected = ingest_world(args)
     log(f"ingest: {args.ingest_accounts} accounts x {args.ingest_chats} chats x "
         f"{min(args.ingest_sync_per_chat, args.ingest_messages_per_chat)} history messages = {expected}")
+    if emulator_host:
+        warm_emulator()  # as the ceilings measured after it are
     with Rig("ingest", world, args, emulator_host) as rig:
         phones = [a["phone"] for a in world["accounts"]]
         before = scrape(rig.daemon)
