@@ -58,8 +58,8 @@ SESSION_CALL_THREADS = 8  # pairing by code and other long session calls, off th
 # is 5 ms). During a history sync the account turning history into messages and the writer
 # hold it most of the time, and a live message crosses several threads (transport, account,
 # writer), waiting at each. bench/pipeline.py --only hol, spool -> store p99 of live
-# messages during the burst: 384-437 ms at 5 ms, 150-157 ms at 2 ms (125-191 at 1 ms, for
-# ~4 % of history ingest throughput).
+# messages during the burst: 222-695 ms (median 384, 5 runs) at 5 ms, 150-455 ms (median
+# 189, 6 runs) at 2 ms; 1 ms did no better (125-191, 2 runs) and cost ~4 % of ingest.
 GIL_SWITCH_INTERVAL_S = 0.002
 
 
