@@ -71,4 +71,3 @@ def firestore_raw(docs: list[tuple[str, str, dict]], emulator_host: str) -> tupl
     one = store_ingest.rate(len(sample), time.perf_counter() - start)
     log(f"ingest: one write per message (the old backend's path, {len(sample)} messages): {one:.0f} msgs/s")
     return raw, one
-
