@@ -59,7 +59,7 @@ SESSION_CALL_THREADS = 8  # pairing by code and other long session calls, off th
 # hold it most of the time, and a live message crosses several threads (transport, account,
 # writer), waiting at each. bench/pipeline.py --only hol, spool -> store p99 of live
 # messages during the burst: 222-695 ms (median 384, 5 runs) at 5 ms, 150-455 ms (median
-# 189, 6 runs) at 2 ms; 1 ms did no better (125-191, 2 runs) and cost ~4 % of ingest.
+# 189, 6 runs) at 2 ms; 1 ms (125-191, 2 runs) was not clearly better and cost ~4 % of ingest.
 GIL_SWITCH_INTERVAL_S = 0.002
 
 
