@@ -171,21 +171,23 @@ class SupervisorActor(pykka.ThreadingActor):
     # --- the owned set -----------------------------------------------------------------
 
     def _owned(self, record: AccountRecord, fence: Fence) -> None:
-        w = self.watches.get(record.account_id)
-        if w is None:
-            w = self.watches[record.account_id] = Watch(record.account_id, record.phone, stored_status=record.status,
-                                                        fence=fence)
-            if record.repair.needed:
-                self._adopt_repair(w, record)
-                return
-        elif w.owned:
-            if fence != w.fence and w.child is not None:
-                tell_if_alive(w.child.ref, NewFence(fence))
-            w.fence = fence
+        old = self.watches.get(record.account_id)
+        if old is not None and old.owned:
+            if fence != old.fence and old.child is not None:
+                tell_if_alive(old.child.ref, NewFence(fence))
+            old.fence = fence
             return
-        w.owned, w.phone, w.fence = True, record.phone or w.phone, fence
-        if w.hold is None and w.child is None:
-            self._schedule(w, 0.0)
+        # A new tenure starts from a new watch. Owned again while its old actor still stops,
+        # only that actor carries over: the last tenure's holds went with their alerts when
+        # it was lost, and kept they would hold the account silently.
+        w = self.watches[record.account_id] = Watch(record.account_id, record.phone or (old and old.phone),
+                                                    stored_status=record.status, fence=fence)
+        if old is not None:
+            w.stopping, w.token = old.stopping, old.token
+        if record.repair.needed:
+            self._adopt_repair(w, record)
+            return
+        self._schedule(w, 0.0)
         self._publish(w)
 
     def _adopt_repair(self, w: Watch, record: AccountRecord) -> None:
