@@ -143,7 +143,9 @@ def phase_ingest(args, emulator_host: Optional[str]) -> dict:
                 handed = sum(v for labels, v in scrape(rig.daemon)["wasync_messages_ingested"].items()
                              if ("source", "history_sync") in labels)
                 handed_at[:] = [time.monotonic(), int(handed)]
-                if depth == 0:
+                # The count goes up when rows are read, before they are written: it is all
+                # written only if the spool is still empty after the scrape.
+                if depth == 0 and spool_depth(rig.data_dir) == 0:
                     return handed_at[1]
             return max(0, handed_at[1] - 1)
 
