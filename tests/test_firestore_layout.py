@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
-import hypothesis
 import pytest
-from hypothesis import strategies as st
 from google.api_core.datetime_helpers import DatetimeWithNanoseconds
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 from google.cloud.firestore_v1 import _helpers
 from google.cloud.firestore_v1.batch import WriteBatch
@@ -26,7 +23,7 @@ from wasync.runtime.model import (
 from wasync.runtime.outbox import Claim, OutboxItem
 from wasync.runtime.store.base import Fence, StoreError
 from wasync.runtime.store.firestore import FirestoreStore
-from wasync.runtime.store.firestore_wire import WriteEncoder, fast_set, write_pb
+from wasync.runtime.store.firestore_wire import fast_set, write_pb
 from wasync.runtime.store.schema import ms_to_dt
 
 pytestmark = pytest.mark.firestore
@@ -336,45 +333,6 @@ def test_fast_encoding_matches_the_client(db):
     assert write_pb(ref, doc) == expected._pb
     [expected] = _helpers.pbs_for_create(ref._document_path, doc)
     assert write_pb(ref, doc, create=True) == expected._pb
-
-
-# Few values, so that documents share them; among them values equal across kinds or
-# with different encodings (1, 1.0 and True; 0.0 and -0.0; one instant in two zones).
-_SHARED = [1, True, 1.0, 0, False, 0.0, -0.0, None, "x", "", "é✓", 2 ** 62,
-           datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc),
-           datetime(2024, 1, 2, 5, 4, 5, 678000, tzinfo=timezone(timedelta(hours=2))),
-           datetime(2024, 1, 2, 3, 4, 5, 678000),
-           DatetimeWithNanoseconds(2024, 1, 2, 3, 4, 5, nanosecond=678000001, tzinfo=timezone.utc),
-           {"a": 1}, {"a": True}, [1], [True]]
-_DOCS = st.lists(st.dictionaries(st.sampled_from(["s", "n", "b"]), st.sampled_from(_SHARED) | st.text(max_size=3),
-                                 max_size=3), min_size=1, max_size=12)
-
-
-def _encoded_like_the_client(docs: list[dict], create: bool) -> None:
-    db = firestore.Client(project="encoding-only", credentials=AnonymousCredentials())  # no call is made
-    encoder = WriteEncoder()
-    helper = _helpers.pbs_for_create if create else _helpers.pbs_for_set_no_merge
-    for i, doc in enumerate(docs):
-        ref = db.document("threads", TID, "messages", f"E{i}")
-        [expected] = helper(ref._document_path, doc)
-        # Bytes, not ==: protobuf's == holds -0.0 and 0.0 equal.
-        assert encoder.write(ref, doc, create).SerializeToString(deterministic=True) == \
-            expected._pb.SerializeToString(deterministic=True), (i, doc)
-
-
-def test_one_encoder_for_a_whole_commit_tells_apart_values_equal_across_kinds():
-    # a, a (its bytes kept), then b: b must not be taken for a.
-    for a, b in [(1, True), (True, 1), (1, 1.0), (0.0, -0.0), (-0.0, 0.0), (_SHARED[12], _SHARED[15])]:
-        _encoded_like_the_client([{"v": x} for x in (a, a, b, b, a)], create=False)
-    _encoded_like_the_client([{"t": v} for v in _SHARED[12:16] * 3], create=True)
-
-
-@hypothesis.settings(max_examples=200, deadline=None)
-@hypothesis.given(docs=_DOCS, create=st.booleans())
-def test_one_encoder_for_a_whole_commit_encodes_every_document_as_the_client(docs, create):
-    """The encoder reuses the bytes of a field whose value it has seen: documents sharing
-    values, as a commit's messages do, must each still come out as the client's own."""
-    _encoded_like_the_client(docs, create)
 
 
 def test_fast_set_falls_back_for_sentinels(db):

@@ -35,6 +35,7 @@ _ArrayValue = document_types.ArrayValue.pb()
 _MUST_NOT_EXIST = common_types.Precondition.pb()(exists=False)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
+_PLAIN_ZONES = (None, timezone.utc)  # datetimes equal only when they are the same instant
 
 
 class _Unsupported(TypeError):
@@ -77,7 +78,9 @@ class WriteEncoder:
     for the first time are built together with the name (and precondition), and the parts
     are parsed once: protobuf merges repeated messages and map entries, so the result is
     the same `Write` (11 µs a message). Values of any other kind (floats: -0.0 == 0.0;
-    maps and lists) are never reused. One encoder per commit bounds what it remembers."""
+    maps and lists), and datetimes in zones other than UTC (equal across a clock change's
+    repeated hour, an hour apart), are never reused. One encoder per commit bounds what it
+    remembers."""
 
     _REUSABLE = frozenset((str, int, bool, type(None), datetime))
 
@@ -92,7 +95,7 @@ class WriteEncoder:
         reusable, fields, seen = self._REUSABLE, self._fields, self._seen
         for name, v in doc.items():
             kind = type(v)
-            if kind not in reusable:
+            if kind not in reusable or (kind is datetime and v.tzinfo not in _PLAIN_ZONES):
                 first[name] = _value(v)
                 continue
             key = (name, kind, v)
