@@ -178,12 +178,12 @@ class SupervisorActor(pykka.ThreadingActor):
             old.fence = fence
             return
         # A new tenure starts from a new watch. Owned again while its old actor still stops,
-        # only that actor carries over: the last tenure's holds went with their alerts when
-        # it was lost, and kept they would hold the account silently.
+        # that actor and an operator's re-pair request carry over; the last tenure's holds
+        # went with their alerts when it was lost, and kept they would hold it silently.
         w = self.watches[record.account_id] = Watch(record.account_id, record.phone or (old and old.phone),
                                                     stored_status=record.status, fence=fence)
         if old is not None:
-            w.stopping, w.token = old.stopping, old.token
+            w.stopping, w.token, w.fresh_pairing = old.stopping, old.token, old.fresh_pairing
         if record.repair.needed:
             self._adopt_repair(w, record)
             return

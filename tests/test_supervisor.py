@@ -289,3 +289,23 @@ def test_an_account_owned_again_while_its_held_actor_still_stops_starts_afresh(r
     rig.settle()
     rig.advance(60)  # the stuck actor is let go at its stop deadline
     assert rig.transport.opened["a1"] == 3 and rig.running() == ("a1",)
+
+
+def test_a_re_pair_asked_while_the_lease_is_lost_and_regained_is_kept(rig_factory):
+    """The operator's regenerate-qr (a new pairing) outlives a lease lost and owned again
+    before the old actor stopped: the next start still forgets the stored session."""
+    from wasync.actors.supervisor_protocol import Lost, Owned
+    from wasync.runtime.store.base import Fence
+
+    rig = rig_factory([("a1", "15550001111")], WASYNC_DEBUG_FAULTS="true")
+    rig.transport.connect_on_start.add("a1")
+    rig.advance(0.5)
+    rig.control.inject_fault("a1", "block")  # the actor is busy for good: its stop waits
+    rig.control.regenerate_qr("a1", new_pairing=True)
+    epoch = rig.board.account("a1").lease_epoch
+    rig.supervisor.tell(Lost("a1", "not renewed in time", graceful=True))
+    record = next(r for r in rig.store.list_account_records() if r.account_id == "a1")
+    rig.supervisor.tell(Owned(record, Fence("i1", epoch)))
+    rig.settle()
+    rig.advance(60)  # the stuck actor is let go at its stop deadline
+    assert rig.transport.opened["a1"] == 2 and rig.transport.forgotten == ["a1"]
