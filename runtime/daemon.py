@@ -109,9 +109,12 @@ class System:
     control: Optional[SystemControl] = None
     # The writer's lanes' sizes, read by the actors that feed it (they pause while one is full).
     backlog: Backlog = field(default_factory=new_backlog)
+    # The process's interpreter-lock switch interval before `start`, given back by `stop`.
+    switch_interval_before_s: Optional[float] = None
 
     def start(self) -> "System":
         s = self.settings
+        self.switch_interval_before_s = sys.getswitchinterval()
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self.spool.adopt_orphans(include_legacy=True)  # spools of processes that died on this host: ours to replay
         self.ticker.start()
@@ -195,6 +198,8 @@ class System:
                     closer()
                 except Exception:
                     log.exception("[supervisor] error while closing")
+        if self.switch_interval_before_s is not None:
+            sys.setswitchinterval(self.switch_interval_before_s)
         return drained
 
     def _drain(self, drain_s: float) -> bool:
