@@ -264,12 +264,23 @@ def test_a_stream_replaced_while_the_lease_stays_here_reconnects_once_a_lease_la
     assert "a1" in rig.system.alerts.open_incidents()  # an operator must act now
 
 
+def _lose_and_own_again(rig, account_id: str) -> None:
+    """The lease coordinator's word: lost (not renewed in time), then owned again."""
+    from wasync.actors.supervisor_protocol import Lost, Owned
+    from wasync.runtime.store.base import Fence
+
+    epoch = rig.board.account(account_id).lease_epoch
+    rig.supervisor.tell(Lost(account_id, "not renewed in time", graceful=True))
+    record = next(r for r in rig.store.list_account_records() if r.account_id == account_id)
+    rig.supervisor.tell(Owned(record, Fence("i1", epoch)))
+    rig.settle()
+
+
 def test_an_account_owned_again_while_its_held_actor_still_stops_starts_afresh(rig_factory):
     """Holds belong to the lease they were decided under: losing it clears their alert. An
     account owned again before its old actor has stopped must not keep the hold (it would
     be held with no alert: silently deaf); it starts afresh, as when the watch is new."""
-    from wasync.actors.supervisor_protocol import Lost, Owned, SessionReplaced
-    from wasync.runtime.store.base import Fence
+    from wasync.actors.supervisor_protocol import SessionReplaced
 
     rig = rig_factory([("a1", "15550001111")], WASYNC_DEBUG_FAULTS="true")
     rig.transport.connect_on_start.add("a1")
@@ -282,11 +293,7 @@ def test_an_account_owned_again_while_its_held_actor_still_stops_starts_afresh(r
     rig.supervisor.tell(SessionReplaced("a1", rig.board._decided["a1"].generation))  # the second takeover
     rig.settle()
     assert "again" in rig.board.account("a1").warning and "a1" in rig.system.alerts.open_incidents()
-    epoch = rig.board.account("a1").lease_epoch
-    rig.supervisor.tell(Lost("a1", "not renewed in time", graceful=True))
-    record = next(r for r in rig.store.list_account_records() if r.account_id == "a1")
-    rig.supervisor.tell(Owned(record, Fence("i1", epoch)))
-    rig.settle()
+    _lose_and_own_again(rig, "a1")
     rig.advance(60)  # the stuck actor is let go at its stop deadline
     assert rig.transport.opened["a1"] == 3 and rig.running() == ("a1",)
 
@@ -294,18 +301,11 @@ def test_an_account_owned_again_while_its_held_actor_still_stops_starts_afresh(r
 def test_a_re_pair_asked_while_the_lease_is_lost_and_regained_is_kept(rig_factory):
     """The operator's regenerate-qr (a new pairing) outlives a lease lost and owned again
     before the old actor stopped: the next start still forgets the stored session."""
-    from wasync.actors.supervisor_protocol import Lost, Owned
-    from wasync.runtime.store.base import Fence
-
     rig = rig_factory([("a1", "15550001111")], WASYNC_DEBUG_FAULTS="true")
     rig.transport.connect_on_start.add("a1")
     rig.advance(0.5)
     rig.control.inject_fault("a1", "block")  # the actor is busy for good: its stop waits
     rig.control.regenerate_qr("a1", new_pairing=True)
-    epoch = rig.board.account("a1").lease_epoch
-    rig.supervisor.tell(Lost("a1", "not renewed in time", graceful=True))
-    record = next(r for r in rig.store.list_account_records() if r.account_id == "a1")
-    rig.supervisor.tell(Owned(record, Fence("i1", epoch)))
-    rig.settle()
+    _lose_and_own_again(rig, "a1")
     rig.advance(60)  # the stuck actor is let go at its stop deadline
     assert rig.transport.opened["a1"] == 2 and rig.transport.forgotten == ["a1"]
