@@ -203,7 +203,10 @@ class SchedulerActor(pykka.ThreadingActor):
             if self._seen_connect.get(account_id) != state.connected_since_ms:
                 self._seen_connect[account_id] = state.connected_since_ms
                 if self.config.auto_backfill:
-                    self._connect_due[account_id] = now + int(policy.connect_delay_s(self.rng) * 1000)
+                    delay_s = policy.connect_delay_s(self.rng)
+                    self._connect_due[account_id] = now + int(delay_s * 1000)
+                    log.debug("[auto-backfill] accountId=%s connected: a backfill is due in %.1f s", account_id,
+                              delay_s)
         for gone in set(self._seen_connect) - set(here):
             self._seen_connect.pop(gone, None)
             self._connect_due.pop(gone, None)
