@@ -23,7 +23,7 @@ from wasync.runtime.model import (
 from wasync.runtime.outbox import Claim, OutboxItem
 from wasync.runtime.store.base import Fence, StoreError
 from wasync.runtime.store.firestore import FirestoreStore
-from wasync.runtime.store.firestore_wire import fast_set, write_pb
+from wasync.runtime.store.firestore_wire import WriteEncoder, fast_set
 from wasync.runtime.store.schema import ms_to_dt
 
 pytestmark = pytest.mark.firestore
@@ -330,14 +330,14 @@ def test_fast_encoding_matches_the_client(db):
            "read_back": DatetimeWithNanoseconds(2024, 1, 2, 3, 4, 5, nanosecond=123456789, tzinfo=timezone.utc),
            "map": {"a": 1, "b": {"c": [1, "x", None]}}, "list": [], "empty": {}}
     [expected] = _helpers.pbs_for_set_no_merge(ref._document_path, doc)
-    assert write_pb(ref, doc) == expected._pb
+    assert WriteEncoder().write(ref, doc) == expected._pb
     [expected] = _helpers.pbs_for_create(ref._document_path, doc)
-    assert write_pb(ref, doc, create=True) == expected._pb
+    assert WriteEncoder().write(ref, doc, create=True) == expected._pb
 
 
 def test_fast_set_falls_back_for_sentinels(db):
     batch = db.batch()
-    fast_set(batch, db.document("accounts", "x"), {"at": firestore.SERVER_TIMESTAMP, "n": firestore.Increment(1)})
+    fast_set(batch, WriteEncoder(), db.document("accounts", "x"), {"at": firestore.SERVER_TIMESTAMP, "n": firestore.Increment(1)})
     batch.commit()
     doc = read(db, "accounts", "x")
     assert isinstance(doc["at"], datetime) and doc["n"] == 1

@@ -291,7 +291,7 @@ class FirestoreStore(OwnershipOps, FirestoreHistory):
                 if doc is None:
                     batch.delete(ref)
                 else:
-                    fast_set(batch, ref, doc, create=create, encoder=encoder)
+                    fast_set(batch, encoder, ref, doc, create=create)
             ops += len(group)
         if ops:
             batch.commit(**self._write)

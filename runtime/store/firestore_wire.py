@@ -115,15 +115,9 @@ class WriteEncoder:
         return _Write.FromString(b"".join(parts))
 
 
-def write_pb(ref, doc: dict, create: bool = False):
-    """The `Write` that `batch.set(ref, doc)` (or `batch.create`) would produce; raises
-    _Unsupported for values it does not know."""
-    return WriteEncoder().write(ref, doc, create)
-
-
-def fast_set(batch, ref, doc: dict, create: bool = False, encoder: Optional[WriteEncoder] = None) -> None:
+def fast_set(batch, encoder: WriteEncoder, ref, doc: dict, create: bool = False) -> None:
     try:
-        pb = (encoder or WriteEncoder()).write(ref, doc, create)
+        pb = encoder.write(ref, doc, create)
     except _Unsupported:
         (batch.create if create else batch.set)(ref, doc)
         return
