@@ -18,7 +18,8 @@ from typing import Union
 
 import pykka
 
-from wasync.actors.ingest import Ingest
+from wasync.actors.ingest import Folded, Ingest
+from wasync.runtime import model as m
 from wasync.runtime.board import Board
 from wasync.runtime.ticker import Timers
 
@@ -64,6 +65,15 @@ class SweeperActor(pykka.ThreadingActor):
             if isinstance(message, SweepDue):
                 self.ticker.later(self.actor_ref, SweepDue(), self.every_s)
 
+    def _note_replaced(self, account_id: str, folded: Folded) -> None:
+        """A socket kicked while no actor here read its events (an instance frozen, then
+        woken after its leases moved on) is said, as an account actor would say it."""
+        for _row, event in folded.events:
+            if isinstance(event, m.StreamReplaced):
+                self.ingest.metrics.account_stream_replaced.labels(account_id).inc()
+                log.warning("[lease] accountId=%s StreamReplaced: another client owns this session (swept: no "
+                            "actor runs it here)", account_id)
+
     def _writer_has_room(self) -> bool:
         """Both lanes (swept rows may be live or history), and a bulk reader's turn; if not,
         the next sweep tries again."""
@@ -87,7 +97,9 @@ class SweeperActor(pykka.ThreadingActor):
                 try:
                     rows = spool.pending(account_id, after_seq=self.cursors.get(account_id, 0), limit=ROWS_PER_STEP)
                     if rows:
-                        self.writer.tell(self.ingest.fold(account_id, rows).batch)
+                        folded = self.ingest.fold(account_id, rows)
+                        self.writer.tell(folded.batch)
+                        self._note_replaced(account_id, folded)
                         self.cursors[account_id] = rows[-1].seq  # handed over: not again while the writer has them
                         count += len(rows)
                 finally:

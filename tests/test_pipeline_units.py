@@ -190,3 +190,15 @@ def test_an_account_leaves_its_rows_in_the_spool_while_the_writer_is_full_and_re
     assert rig.store.get_message("a1", ALICE, "B1") is None and rig.system.spool.depth() == 1
     backlog.set(live_ops=0, bulk_ops=0)  # the writer made room: the actor is woken
     rig.until(lambda: rig.store.get_message("a1", ALICE, "B1"), what="the message after the wake")
+
+
+def test_a_stream_replaced_swept_for_an_account_no_actor_runs_is_said(rigs, caplog):
+    """An instance frozen while its leases moved on wakes, lets its sessions go and leaves
+    their last events to the sweeper: a kicked socket among them is still said."""
+    rig = rigs([])
+    rig.system.spool.append("gone", *pb.wire(pb.stream_replaced_event()))
+    rig.start()
+    rig.advance(2.5)  # one sweep
+    assert rig.system.spool.depth() == 0
+    assert "accountId=gone StreamReplaced: another client owns this session (swept" in caplog.text
+    assert rig.metrics.account_stream_replaced.labels("gone")._value.get() == 1
