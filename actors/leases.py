@@ -87,6 +87,9 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
         self.started_at_ms = clock.wall_ms()
         self._started_s = clock.monotonic_s()
         self.held: dict[str, _Held] = {}
+        # (holder, epoch) of leases this process gave up without releasing them (their
+        # socket stopped): taken back at once while the store still shows them so.
+        self.given_up: dict[str, tuple[str, int]] = {}
         self.seen = _Seen()
         self.draining = False
         self._left = False  # released everything and left the instances list (shutdown)
@@ -232,7 +235,7 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
                         account_id, lease.epoch, now - sent_s)
             self._wanted = True
             return
-        reason = policy.acquire_reason(before)
+        reason = policy.acquire_reason(before, self.given_up.pop(account_id, None))
         self.metrics.lease_acquired.labels(reason=reason).inc()
         log.info("[lease] accountId=%s acquired epoch=%d (%s%s)", account_id, lease.epoch, reason,
                  f", was {before.holder}@{before.epoch}" if before else "")
@@ -262,6 +265,8 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
         if mine is not None and mine.get("incarnation") != self.incarnation:
             log.error("[lease] another process heartbeats as INSTANCE_ID=%s (incarnation %s, ours %s): give every "
                       "process its own INSTANCE_ID", self.instance_id, mine.get("incarnation"), self.incarnation)
+        for account_id in [a for a in self.given_up if a not in seen.records]:
+            del self.given_up[account_id]  # removed or disabled: nothing to take back
         for account_id, h in list(self.held.items()):
             if account_id not in seen.records and not h.giving_up:
                 self._lose(account_id, "removed", release=True)
@@ -293,7 +298,8 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
 
     def _takeable_at(self, account_id: str) -> float:
         lease = self.seen.leases.get(account_id)
-        at = policy.takeable_at(lease, self.seen.sightings.get(account_id), self.lease_s)
+        at = policy.takeable_at(lease, self.seen.sightings.get(account_id), self.lease_s,
+                                self.given_up.get(account_id))
         return float("inf") if at is None else at
 
     def _takeovers_due(self) -> bool:
@@ -322,6 +328,7 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
             h.giving_up = True
         else:
             del self.held[account_id]
+            self.given_up[account_id] = (h.lease.holder, h.lease.epoch)
         self.metrics.lease_lost.labels(reason=reason).inc()
         log.warning("[lease] accountId=%s lost epoch=%d: %s", account_id, h.lease.epoch, LOST[reason])
         self.supervisor.tell(Lost(account_id, LOST[reason], graceful=release))

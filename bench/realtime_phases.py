@@ -9,7 +9,7 @@ import time
 from typing import Optional
 
 from rig import (MiB, Rig, _ms, _p, hist_delta, hist_summary, log, phone, poll, quantile, rss_bytes, sample_rss,
-                 scrape, settle, small_world, spool_depth)
+                 scrape, settle, small_world, spool_backlog, spool_depth, spool_left)
 
 SPOOL_METRIC = "wasync_event_to_spool_seconds"
 STORE_METRIC = "wasync_event_to_store_seconds"
@@ -163,25 +163,24 @@ def phase_outage(args, emulator_host: Optional[str]) -> dict:
             samples.append(rss_bytes(pid))
             log(f"outage: {time.monotonic() - down_at:.0f} s down: VmRSS {samples[-1] / MiB:.1f} MiB, "
                 f"spool depth {spool_depth(rig.data_dir)}, {rig.connected()}/{n} connected")
-        held = spool_depth(rig.data_dir)  # what the daemon holds itself (the rest waits at WhatsApp)
+        held, held_msgs, last_seq = spool_backlog(rig.data_dir)  # what the daemon holds itself (the rest waits at WhatsApp)
         lock.execute("ROLLBACK")
         lock.close()
         back_at = time.monotonic()
-        log(f"outage: the store is back; the spool holds {held} rows")
+        log(f"outage: the store is back; the spool holds {held} rows ({held_msgs} messages)")
 
-        # The spool's own backlog first, timed on its own: the rest waits at WhatsApp until
-        # the sessions reconnect. (createdAt cannot time it: a write that waited out the
-        # outage carries the time it began.) Rows include a few session events: this errs
-        # on the slow side.
+        # The spool's own backlog first, timed on its own: until every row it held is written
+        # and marked done (the rest waits at WhatsApp until the sessions reconnect; createdAt
+        # cannot time it: a write that waited out the outage carries the time it began).
         spool_s = None
         while spool_s is None and time.monotonic() - back_at < args.timeout:
-            if rig.reader.messages("realtime") - live_before >= held:
+            if spool_left(rig.data_dir, last_seq) == 0:
                 spool_s = time.monotonic() - back_at
             else:
                 time.sleep(0.01)
         if spool_s is not None:
             log(f"outage: the spool's {held} rows stored within {spool_s * 1000:.0f} ms of the store coming back "
-                f"({held / max(spool_s, 1e-3):.0f} msgs/s)")
+                f"({held_msgs / max(spool_s, 1e-3):.0f} msgs/s)")
 
         def drained() -> bool:
             return rig.reader.messages("realtime") - live_before >= backlog
@@ -196,6 +195,6 @@ def phase_outage(args, emulator_host: Optional[str]) -> dict:
             f"VmRSS before {rss_before / MiB:.1f} MiB, during the outage {min(samples) / MiB:.1f}-"
             f"{max(samples) / MiB:.1f} MiB (+{growth:.1f} MiB)")
         return {"outage_drain_msgs_per_s": backlog / drain_s, "outage_drain_s": drain_s,
-                "outage_spool_rows": held, "outage_spool_drain_s": spool_s,
-                "outage_spool_drain_msgs_per_s": held / max(spool_s, 1e-3) if spool_s is not None else None,
+                "outage_spool_rows": held, "outage_spool_messages": held_msgs, "outage_spool_drain_s": spool_s,
+                "outage_spool_drain_msgs_per_s": held_msgs / max(spool_s, 1e-3) if spool_s is not None else None,
                 "outage_rss_growth_mib": growth}

@@ -218,6 +218,33 @@ def spool_depth(data_dir: Path) -> int:
     return sum(_count(path) for path in (data_dir / "spool").glob("*.db"))
 
 
+def spool_backlog(data_dir: Path) -> tuple[int, int, dict[str, int]]:
+    """(rows, Message rows, last seq of each spool file) the spool files hold now."""
+    rows = msgs = 0
+    last: dict[str, int] = {}
+    for path in (data_dir / "spool").glob("*.db"):
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        try:
+            n, m, top = conn.execute("SELECT COUNT(*), COALESCE(SUM(kind = 'Message'), 0), COALESCE(MAX(seq), 0) "
+                                     "FROM events").fetchone()
+        finally:
+            conn.close()
+        rows, msgs, last[str(path)] = rows + n, msgs + m, top
+    return rows, msgs, last
+
+
+def spool_left(data_dir: Path, last: dict[str, int]) -> int:
+    """How many of the rows up to `last` (spool_backlog's) are not done yet."""
+    left = 0
+    for path, top in last.items():
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        try:
+            left += conn.execute("SELECT COUNT(*) FROM events WHERE seq <= ?", (top,)).fetchone()[0]
+        finally:
+            conn.close()
+    return left
+
+
 def _count(path: Path) -> int:
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
     try:

@@ -157,7 +157,8 @@ class Metrics:
         self.live_instances = Gauge("wasync_live_instances", "Instances whose heartbeat moved within a lease",
                                     registry=r)
         self.lease_acquired = Counter(
-            "wasync_lease_acquired_total", "Leases taken, by what they were: free, released, expired",
+            "wasync_lease_acquired_total",
+            "Leases taken, by what they were: free, released, expired, regained (given up here by its deadline)",
             ("reason",), registry=r)
         self.lease_lost = Counter(
             "wasync_lease_lost_total", "Leases given up or lost, by why", ("reason",), registry=r)
@@ -216,7 +217,7 @@ class Metrics:
             self.store_errors.labels(op)
         for lane in ("live", "bulk"):
             self.writer_backlog.labels(lane)
-        for reason in ("free", "released", "expired"):
+        for reason in ("free", "released", "expired", "regained"):
             self.lease_acquired.labels(reason)
         for reason in ("taken", "deadline", "rebalancing", "removed", "fenced", "unwanted"):
             self.lease_lost.labels(reason)

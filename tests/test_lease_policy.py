@@ -32,6 +32,15 @@ def test_takeable_at(lease, sighting, expected):
     assert takeable_at(lease, sighting, L) == expected
 
 
+def test_a_lease_given_up_here_by_its_deadline_is_taken_back_at_once_while_the_record_is_that_one():
+    just_renewed = Sighting(lease_key(REC), 100.0)  # a renewal that landed after the deadline
+    assert takeable_at(REC, just_renewed, L, given_up=("i2", 4)) == float("-inf")
+    assert takeable_at(REC, None, L, given_up=("i2", 4)) == float("-inf")  # not even read twice
+    # Not ours at that epoch: another process took it since (or the same id, elsewhere).
+    assert takeable_at(REC, just_renewed, L, given_up=("i2", 3)) == 115.0
+    assert takeable_at(REC, just_renewed, L, given_up=("i1", 4)) == 115.0
+
+
 def test_a_sighting_keeps_its_first_time_until_the_record_changes():
     s1 = sighted(None, "k1", 100.0)
     assert sighted(s1, "k1", 110.0) is s1  # unchanged: still since 100
@@ -105,3 +114,5 @@ def test_acquire_reason():
     assert acquire_reason(None) == "free"
     assert acquire_reason(Lease("a", "i", 1, 0, 1)) == "released"
     assert acquire_reason(REC) == "expired"
+    assert acquire_reason(REC, given_up=("i2", 4)) == "regained"
+    assert acquire_reason(REC, given_up=("i2", 3)) == "expired"

@@ -139,6 +139,33 @@ def test_a_holder_that_cannot_renew_stops_its_sockets_before_anyone_may_take_ove
     assert len(a.running()) == 10 and a.board.snapshot().leases.mode == "active"
 
 
+def test_leases_given_up_by_their_deadline_are_taken_back_at_the_first_round_after_the_store_answers(cluster):
+    """A renewal sent before the deadline can land after it (the store hung, then answered):
+    the record then names this instance, freshly renewed. It used to be waited on for a
+    whole lease like a rival's, so every account of a store outage stayed deaf for another
+    lease after the store came back (bench/pipeline.py --only outage: 15 s)."""
+    import sqlite3
+
+    a = cluster.start("i-a")
+    cluster.advance(5)
+    assert len(a.running()) == 10
+    blocker = sqlite3.connect(cluster.path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        cluster.advance(11)  # past the deadline: every socket stopped
+        assert a.running() == ()
+        assert a.metrics.lease_lost.labels(reason="deadline")._value.get() == 10
+    finally:
+        blocker.execute("ROLLBACK")
+    # What the renewal in flight at the deadline writes when it lands now.
+    late = a.store.renew_leases(a.store.list_leases(), a.clock.wall_ms(), int(LEASE_S * 1000))
+    assert len(late) == 10
+    cluster.advance(LEASE_S / 3 + 1)  # the next round reads them, the one after takes them back
+    assert len(a.running()) == 10
+    assert a.metrics.lease_acquired.labels(reason="regained")._value.get() == 10
+    assert all(lease.epoch == 2 for lease in a.store.list_leases())
+
+
 def test_sigterm_hands_over_at_once_and_a_newcomer_gets_its_share(cluster):
     a = cluster.start("i-a")
     cluster.advance(5)

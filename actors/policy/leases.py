@@ -49,22 +49,35 @@ def lease_key(lease: Lease) -> tuple:
     return lease.holder, lease.epoch, lease.expires_at_ms, lease.renewed_at_ms
 
 
-def takeable_at(lease: Optional[Lease], sighting: Optional[Sighting], lease_s: float) -> Optional[float]:
+def takeable_at(lease: Optional[Lease], sighting: Optional[Sighting], lease_s: float,
+                given_up: Optional[tuple[str, int]] = None) -> Optional[float]:
     """From when (the caller's monotonic seconds) the lease may be taken: at once when no
     lease was ever written or it was released; a whole lease after the current record was
-    first seen otherwise. None: not seen yet (read it first)."""
+    first seen otherwise. None: not seen yet (read it first).
+
+    `given_up`: the (holder, epoch) under which this very process held the lease and
+    stopped its socket by its own deadline (the store did not answer in time). While the
+    record still says exactly that, it is taken back at once: nobody else can hold that
+    epoch, and its socket is stopped. The record outlives the deadline when a renewal sent
+    before it lands after it (a store that hung, then answered) or has simply not expired
+    yet; waiting a whole lease on it kept every account of a store outage deaf for another
+    lease after the store came back."""
     if lease is None or lease.released:
+        return float("-inf")
+    if given_up is not None and (lease.holder, lease.epoch) == given_up:
         return float("-inf")
     if sighting is None or sighting.key != lease_key(lease):
         return None
     return sighting.since_s + lease_s
 
 
-def acquire_reason(lease: Optional[Lease]) -> str:
+def acquire_reason(lease: Optional[Lease], given_up: Optional[tuple[str, int]] = None) -> str:
     """For metrics and logs: what kind of lease was taken."""
     if lease is None:
         return "free"
-    return "released" if lease.released else "expired"
+    if lease.released:
+        return "released"
+    return "regained" if given_up is not None and (lease.holder, lease.epoch) == given_up else "expired"
 
 
 def live(sightings: Mapping[str, Sighting], now_s: float, lease_s: float) -> set[str]:
