@@ -23,7 +23,7 @@ class DeadlinesDue:
 
 @dataclass(frozen=True)
 class Refresh:
-    """An account was added, removed or changed: have a round (and read) now."""
+    """An account was added, removed or changed, or the store answers again: have a round (and read) now."""
 
 
 @dataclass(frozen=True)

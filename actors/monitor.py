@@ -1,15 +1,19 @@
 """StoreMonitorActor: every tick, asks the store whether it answers (a bounded ping) and
 the spool how deep it is, and publishes both: /diag must say the store is down while it
 is, even when the writer sits inside a call that will only time out later. When the store
-answers again it tells the writer to retry at once instead of at the end of its backoff.
+answers again it tells the writer to retry at once instead of at the end of its backoff,
+and the lease coordinator to have a round now: leases given up during the outage are taken
+back then, not at the next regular round (up to lease/3 later).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import pykka
 
+from wasync.actors.leases_protocol import CoordinatorMsg, Refresh
 from wasync.actors.writer_protocol import StoreAnswers
 from wasync.runtime.board import Board
 from wasync.runtime.spool import Spool
@@ -27,9 +31,10 @@ class Check:
 
 class StoreMonitorActor(pykka.ThreadingActor):
     def __init__(self, store, spool: Spool, board: Board, writer: pykka.ActorRef, ticker: Timers,
-                 every_s: float = CHECK_EVERY_S):
+                 to_leases: Callable[[CoordinatorMsg], None], every_s: float = CHECK_EVERY_S):
         super().__init__()
         self.store, self.spool, self.board, self.writer, self.ticker = store, spool, board, writer, ticker
+        self.to_leases = to_leases
         self.every_s = every_s
         self._answered = True
 
@@ -51,4 +56,5 @@ class StoreMonitorActor(pykka.ThreadingActor):
         if answered and not self._answered:
             log.info("[supervisor] the store answers again")
             self.writer.tell(StoreAnswers())
+            self.to_leases(Refresh())
         self._answered = answered

@@ -141,7 +141,8 @@ class System:
                                                 to_leases=lambda message: self.leases.tell(message),
                                                 to_scheduler=lambda message: self.scheduler.tell(message))
         self.sweeper = SweeperActor.start(ingest, self.writer, self.board, self.ticker)
-        self.monitor = StoreMonitorActor.start(self.store, self.spool, self.board, self.writer, self.ticker)
+        self.monitor = StoreMonitorActor.start(self.store, self.spool, self.board, self.writer, self.ticker,
+                                               to_leases=lambda message: self.leases.tell(message))
         left = self.spool.depth()
         if left:
             log.info("[realtime] spool holds %d events from an earlier run: replaying them first", left)

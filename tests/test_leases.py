@@ -166,6 +166,25 @@ def test_leases_given_up_by_their_deadline_are_taken_back_at_the_first_round_aft
     assert all(lease.epoch == 2 for lease in a.store.list_leases())
 
 
+def test_the_store_answering_again_brings_a_round_at_once(cluster):
+    """The store monitor (every 2 s) tells the coordinator: its given-up leases are taken
+    back then, not at the next regular round, up to lease/3 later."""
+    import sqlite3
+
+    a = cluster.start("i-a")
+    cluster.advance(5)
+    blocker = sqlite3.connect(cluster.path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        cluster.advance(11)  # rounds at 10 and 15 fail; the deadline at 15 stops every socket
+        assert a.running() == ()
+    finally:
+        blocker.execute("ROLLBACK")  # at 16: the next regular round is at 20
+    cluster.advance(3)
+    assert len(a.running()) == 10
+    assert a.metrics.lease_acquired.labels(reason="regained")._value.get() == 10
+
+
 def test_sigterm_hands_over_at_once_and_a_newcomer_gets_its_share(cluster):
     a = cluster.start("i-a")
     cluster.advance(5)

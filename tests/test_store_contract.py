@@ -557,6 +557,25 @@ def test_ping(store):
     assert store.ping() is True
 
 
+def test_the_sqlite_ping_fails_while_another_process_holds_the_write_lock(tmp_path):
+    """A read is no test in WAL mode: it answered while every write waited (the store
+    monitor said "up" through a whole outage and never saw it end)."""
+    import sqlite3
+
+    from wasync.runtime.store.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "ping.db")
+    blocker = sqlite3.connect(tmp_path / "ping.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        assert store.ping(timeout_s=0.2) is False
+        blocker.execute("ROLLBACK")
+        assert store.ping(timeout_s=0.2) is True
+    finally:
+        blocker.close()
+        store.close()
+
+
 def test_releasing_a_lock_does_not_bring_back_a_deleted_account(store):
     store.create_account("gone", None, NOW)
     store.acquire_job_lock("backfill", "gone", "i1", NOW, 60_000)

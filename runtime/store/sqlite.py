@@ -102,6 +102,7 @@ def _bound(row) -> Optional[dict]:
 
 
 ROWS_PER_STATEMENT = 500
+PING_TIMEOUT_S = 2.0  # the store monitor's bound (as Firestore's ping)
 
 
 def insert_rows(conn: sqlite3.Connection, head: str, tail: str, rows: list[tuple]) -> None:
@@ -200,12 +201,21 @@ class SqliteStore(SqliteOwnership):
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={number + 1}")
 
-    def ping(self) -> bool:
+    def ping(self, timeout_s: float = PING_TIMEOUT_S) -> bool:
+        """Whether a write could begin within `timeout_s`. A read is no test: in WAL mode it
+        succeeds while another process holds the write lock and every write waits."""
         try:
-            self._conn().execute("SELECT 1").fetchone()
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=timeout_s)
+        except sqlite3.Error:
+            return False
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
             return True
         except sqlite3.Error:
             return False
+        finally:
+            conn.close()
 
     def flush(self) -> None:
         """Nothing is held back: local writes are cheap, so thread docs are not coalesced."""
