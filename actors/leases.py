@@ -294,7 +294,8 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
         if room <= 0:
             return []
         ready = [a for a in self.seen.records if a not in self.held and self._takeable_at(a) <= now]
-        return [(a, self.seen.leases.get(a)) for a in policy.acquisition_order(ready, self.instance_id)[:room]]
+        order = policy.acquisition_order(ready, self.instance_id, own_first=self.given_up)
+        return [(a, self.seen.leases.get(a)) for a in order[:room]]
 
     def _takeable_at(self, account_id: str) -> float:
         lease = self.seen.leases.get(account_id)

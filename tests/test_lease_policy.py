@@ -107,6 +107,8 @@ def test_acquisition_order_differs_between_instances_and_is_stable():
     accounts = [f"a{n:02d}" for n in range(40)]
     one, two = acquisition_order(accounts, "i1"), acquisition_order(accounts, "i2")
     assert sorted(one) == accounts and one != two and one == acquisition_order(reversed(accounts), "i1")
+    own = [one[-1], one[-3]]
+    assert acquisition_order(accounts, "i1", own_first=own) == [one[-3], one[-1]] + [a for a in one if a not in own]
     assert one[:5] != two[:5]
 
 

@@ -112,10 +112,16 @@ def to_shed(held_since: Mapping[str, float], limit: int) -> list[str]:
     return sorted(held_since, key=lambda a: (-held_since[a], a))[:excess]
 
 
-def acquisition_order(accounts: Iterable[str], instance_id: str) -> list[str]:
+def acquisition_order(accounts: Iterable[str], instance_id: str, own_first: Iterable[str] = ()) -> list[str]:
     """A stable order of its own for every instance, so that instances starting together
-    try different free accounts first instead of all racing for the same ones."""
-    return sorted(accounts, key=lambda a: hashlib.blake2b(f"{instance_id}/{a}".encode(), digest_size=8).digest())
+    try different free accounts first instead of all racing for the same ones. `own_first`
+    (the leases it gave up itself, by its deadline) come before the rest: after a store
+    outage every rival lease looks expired too, and an instance that took others' first
+    filled its share with them, left its own to wait a whole lease for someone else, and
+    the shares were evened out by handovers afterwards."""
+    own = set(own_first)
+    return sorted(accounts, key=lambda a: (a not in own,
+                                           hashlib.blake2b(f"{instance_id}/{a}".encode(), digest_size=8).digest()))
 
 
 def stop_deadline(renewal_sent_s: float, lease_s: float) -> float:
