@@ -87,9 +87,9 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
         self.started_at_ms = clock.wall_ms()
         self._started_s = clock.monotonic_s()
         self.held: dict[str, _Held] = {}
-        # (holder, epoch) of leases this process gave up without releasing them (their
-        # socket stopped): taken back at once while the store still shows them so.
-        self.given_up: dict[str, tuple[str, int]] = {}
+        # Leases given up here without releasing them: taken back at once, and before
+        # others', while the store still shows them as this process left them.
+        self.given_up: dict[str, policy.GivenUp] = {}
         self.seen = _Seen()
         self.draining = False
         self._left = False  # released everything and left the instances list (shutdown)
@@ -235,7 +235,8 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
                         account_id, lease.epoch, now - sent_s)
             self._wanted = True
             return
-        reason = policy.acquire_reason(before, self.given_up.pop(account_id, None))
+        given_up = self.given_up.pop(account_id, None)
+        reason = policy.acquire_reason(before, given_up)
         self.metrics.lease_acquired.labels(reason=reason).inc()
         log.info("[lease] accountId=%s acquired epoch=%d (%s%s)", account_id, lease.epoch, reason,
                  f", was {before.holder}@{before.epoch}" if before else "")
@@ -265,8 +266,10 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
         if mine is not None and mine.get("incarnation") != self.incarnation:
             log.error("[lease] another process heartbeats as INSTANCE_ID=%s (incarnation %s, ours %s): give every "
                       "process its own INSTANCE_ID", self.instance_id, mine.get("incarnation"), self.incarnation)
-        for account_id in [a for a in self.given_up if a not in seen.records]:
-            del self.given_up[account_id]  # removed or disabled: nothing to take back
+        for account_id, given_up in list(self.given_up.items()):
+            lease = seen.leases.get(account_id)
+            if account_id not in seen.records or lease is None or not given_up.shown_by(lease):
+                del self.given_up[account_id]  # taken, released, removed or disabled: nothing to take back
         for account_id, h in list(self.held.items()):
             if account_id not in seen.records and not h.giving_up:
                 self._lose(account_id, "removed", release=True)
@@ -329,7 +332,7 @@ class LeaseCoordinatorActor(pykka.ThreadingActor):
             h.giving_up = True
         else:
             del self.held[account_id]
-            self.given_up[account_id] = (h.lease.holder, h.lease.epoch)
+            self.given_up[account_id] = policy.GivenUp(h.lease.holder, h.lease.epoch, self.clock.wall_ms())
         self.metrics.lease_lost.labels(reason=reason).inc()
         log.warning("[lease] accountId=%s lost epoch=%d: %s", account_id, h.lease.epoch, LOST[reason])
         self.supervisor.tell(Lost(account_id, LOST[reason], graceful=release))

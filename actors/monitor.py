@@ -51,7 +51,7 @@ class StoreMonitorActor(pykka.ThreadingActor):
 
     def _check(self) -> None:
         self.board.publish_spool(self.spool.depth(), self.spool.oldest_received_ms())
-        answered = self.store.ping()  # bounded (2 s): never raises
+        answered = self.store.ping()  # bounded (PING_TIMEOUT_S): never raises
         self.board.publish_ping(answered, None if answered else "ping failed")
         if answered and not self._answered:
             log.info("[supervisor] the store answers again")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from wasync.actors.policy.leases import (
-    Sighting, acquire_reason, acquisition_order, capacity, fair_share, lease_key, live, sighted, stale,
+    GivenUp, Sighting, acquire_reason, acquisition_order, capacity, fair_share, lease_key, live, sighted, stale,
     stop_deadline, takeable_at, to_shed,
 )
 from wasync.runtime.store.base import Lease
@@ -33,12 +33,14 @@ def test_takeable_at(lease, sighting, expected):
 
 
 def test_a_lease_given_up_here_by_its_deadline_is_taken_back_at_once_while_the_record_is_that_one():
-    just_renewed = Sighting(lease_key(REC), 100.0)  # a renewal that landed after the deadline
-    assert takeable_at(REC, just_renewed, L, given_up=("i2", 4)) == float("-inf")
-    assert takeable_at(REC, None, L, given_up=("i2", 4)) == float("-inf")  # not even read twice
-    # Not ours at that epoch: another process took it since (or the same id, elsewhere).
-    assert takeable_at(REC, just_renewed, L, given_up=("i2", 3)) == 115.0
-    assert takeable_at(REC, just_renewed, L, given_up=("i1", 4)) == 115.0
+    just_renewed = Sighting(lease_key(REC), 100.0)  # a renewal sent before the deadline, landed after it
+    assert takeable_at(REC, just_renewed, L, given_up=GivenUp("i2", 4, 990_000)) == float("-inf")
+    assert takeable_at(REC, None, L, given_up=GivenUp("i2", 4, 985_000)) == float("-inf")  # not even read twice
+    # Not as this process left it: another process took it since, or renewed it later
+    # under the same name (two processes given one INSTANCE_ID).
+    assert takeable_at(REC, just_renewed, L, given_up=GivenUp("i2", 3, 990_000)) == 115.0
+    assert takeable_at(REC, just_renewed, L, given_up=GivenUp("i1", 4, 990_000)) == 115.0
+    assert takeable_at(REC, just_renewed, L, given_up=GivenUp("i2", 4, 984_999)) == 115.0
 
 
 def test_a_sighting_keeps_its_first_time_until_the_record_changes():
@@ -116,5 +118,5 @@ def test_acquire_reason():
     assert acquire_reason(None) == "free"
     assert acquire_reason(Lease("a", "i", 1, 0, 1)) == "released"
     assert acquire_reason(REC) == "expired"
-    assert acquire_reason(REC, given_up=("i2", 4)) == "regained"
-    assert acquire_reason(REC, given_up=("i2", 3)) == "expired"
+    assert acquire_reason(REC, given_up=GivenUp("i2", 4, 985_000)) == "regained"
+    assert acquire_reason(REC, given_up=GivenUp("i2", 3, 985_000)) == "expired"

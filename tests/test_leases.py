@@ -26,7 +26,7 @@ class Cluster:
         first.close()
 
     def start(self, name: str, **env) -> SystemRig:
-        rig = SystemRig(self.tmp_path / name, store=SqliteStore(self.path, busy_timeout_ms=200), instance_id=name,
+        rig = SystemRig(self.tmp_path / name, store=SqliteStore(self.path, busy_timeout_ms=200, ping_timeout_s=0.2), instance_id=name,
                         **env)
         for account_id, _ in ACCOUNTS:
             rig.transport.connect_on_start.add(account_id)
@@ -157,8 +157,9 @@ def test_leases_given_up_by_their_deadline_are_taken_back_at_the_first_round_aft
         assert a.metrics.lease_lost.labels(reason="deadline")._value.get() == 10
     finally:
         blocker.execute("ROLLBACK")
-    # What the renewal in flight at the deadline writes when it lands now.
-    late = a.store.renew_leases(a.store.list_leases(), a.clock.wall_ms(), int(LEASE_S * 1000))
+    # What the renewal in flight at the deadline (sent at 15 s, one second ago) writes when
+    # it lands now.
+    late = a.store.renew_leases(a.store.list_leases(), a.clock.wall_ms() - 1000, int(LEASE_S * 1000))
     assert len(late) == 10
     cluster.advance(LEASE_S / 3 + 1)  # the next round reads them, the one after takes them back
     assert len(a.running()) == 10

@@ -564,13 +564,16 @@ def test_the_sqlite_ping_fails_while_another_process_holds_the_write_lock(tmp_pa
 
     from wasync.runtime.store.sqlite import SqliteStore
 
-    store = SqliteStore(tmp_path / "ping.db")
+    store = SqliteStore(tmp_path / "ping.db", ping_timeout_s=0.2)
     blocker = sqlite3.connect(tmp_path / "ping.db", isolation_level=None)
     try:
         blocker.execute("BEGIN EXCLUSIVE")
-        assert store.ping(timeout_s=0.2) is False
+        assert store.ping() is False
         blocker.execute("ROLLBACK")
-        assert store.ping(timeout_s=0.2) is True
+        assert store.ping() is True
+        (tmp_path / "ping.db").rename(tmp_path / "moved.db")
+        assert store.ping() is False  # not answered by a new empty file
+        assert not (tmp_path / "ping.db").exists()
     finally:
         blocker.close()
         store.close()

@@ -49,35 +49,50 @@ def lease_key(lease: Lease) -> tuple:
     return lease.holder, lease.epoch, lease.expires_at_ms, lease.renewed_at_ms
 
 
+@dataclass(frozen=True)
+class GivenUp:
+    """A lease this process stopped using without releasing it (its renewal deadline passed,
+    or the store showed it taken or fenced): under which holder and epoch, and when (this
+    process's wall clock, milliseconds)."""
+
+    holder: str
+    epoch: int
+    at_ms: int
+
+    def shown_by(self, lease: Lease) -> bool:
+        """The store still shows the lease as this process left it: its holder and epoch,
+        renewed no later than when it was given up. A renewal sent before the deadline may
+        land after it (the store hung, then answered); a renewal stamped later is another
+        process's (two processes given one INSTANCE_ID)."""
+        return (lease.holder, lease.epoch) == (self.holder, self.epoch) and lease.renewed_at_ms <= self.at_ms
+
+
 def takeable_at(lease: Optional[Lease], sighting: Optional[Sighting], lease_s: float,
-                given_up: Optional[tuple[str, int]] = None) -> Optional[float]:
+                given_up: Optional[GivenUp] = None) -> Optional[float]:
     """From when (the caller's monotonic seconds) the lease may be taken: at once when no
     lease was ever written or it was released; a whole lease after the current record was
     first seen otherwise. None: not seen yet (read it first).
 
-    `given_up`: the (holder, epoch) under which this very process held the lease and
-    stopped its socket by its own deadline (the store did not answer in time). While the
-    record still says exactly that, it is taken back at once: nobody else can hold that
-    epoch, and its socket is stopped. The record outlives the deadline when a renewal sent
-    before it lands after it (a store that hung, then answered) or has simply not expired
-    yet; waiting a whole lease on it kept every account of a store outage deaf for another
-    lease after the store came back."""
+    A lease this process gave up itself is taken back at once while the store still shows
+    it so (`GivenUp.shown_by`): nobody else can hold that epoch, and its socket is stopped.
+    Waiting a whole lease on it, as on a rival's, kept every account of a store outage deaf
+    for another lease after the store came back (the renewal in flight landed late)."""
     if lease is None or lease.released:
         return float("-inf")
-    if given_up is not None and (lease.holder, lease.epoch) == given_up:
+    if given_up is not None and given_up.shown_by(lease):
         return float("-inf")
     if sighting is None or sighting.key != lease_key(lease):
         return None
     return sighting.since_s + lease_s
 
 
-def acquire_reason(lease: Optional[Lease], given_up: Optional[tuple[str, int]] = None) -> str:
+def acquire_reason(lease: Optional[Lease], given_up: Optional[GivenUp] = None) -> str:
     """For metrics and logs: what kind of lease was taken."""
     if lease is None:
         return "free"
     if lease.released:
         return "released"
-    return "regained" if given_up is not None and (lease.holder, lease.epoch) == given_up else "expired"
+    return "regained" if given_up is not None and given_up.shown_by(lease) else "expired"
 
 
 def live(sightings: Mapping[str, Sighting], now_s: float, lease_s: float) -> set[str]:
@@ -115,7 +130,7 @@ def to_shed(held_since: Mapping[str, float], limit: int) -> list[str]:
 def acquisition_order(accounts: Iterable[str], instance_id: str, own_first: Iterable[str] = ()) -> list[str]:
     """A stable order of its own for every instance, so that instances starting together
     try different free accounts first instead of all racing for the same ones. `own_first`
-    (the leases it gave up itself, by its deadline) come before the rest: after a store
+    (the leases it gave up itself, GivenUp) come before the rest: after a store
     outage every rival lease looks expired too, and an instance that took others' first
     filled its share with them, left its own to wait a whole lease for someone else, and
     the shares were evened out by handovers afterwards."""

@@ -100,6 +100,7 @@ class Page:
 
 
 JOBS = ("backfill", "recent_sync")
+PING_TIMEOUT_S = 2.0  # how long a store ping may take before it counts as "does not answer"
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,8 @@ class Store(Protocol):
         (queued, sending, unknown): what the dashboard shows."""
 
     # --- housekeeping ------------------------------------------------------------------
-    def ping(self) -> bool: ...
+    def ping(self) -> bool:
+        """Whether the store answers (a write could begin) within PING_TIMEOUT_S; never raises."""
     def close(self) -> None: ...
 
 

@@ -22,7 +22,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from wasync.runtime.account import AccountPatch, AccountRecord
 from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, ThreadUpdate, thread_id
-from wasync.runtime.store.base import Fence, Page, PhoneInUse, WriteResult
+from wasync.runtime.store.base import PING_TIMEOUT_S, Fence, Page, PhoneInUse, WriteResult
 from wasync.runtime.store.firestore_history import HISTORY_READERS, FirestoreHistory
 from wasync.runtime.store.firestore_wire import WriteEncoder, emulator_client, fast_set, service_account_credentials
 from wasync.runtime.store.firestore_tx import OwnershipOps, call_options, check_fence, run_tx, store_errors, tx_read
@@ -494,7 +494,7 @@ class FirestoreStore(OwnershipOps, FirestoreHistory):
 
     def ping(self) -> bool:
         try:
-            self._db.document(ACCOUNTS, "_ping").get(retry=None, timeout=2.0)
+            self._db.document(ACCOUNTS, "_ping").get(retry=None, timeout=PING_TIMEOUT_S)
             return True
         except Exception:  # noqa: BLE001 - ping reports, never raises
             return False

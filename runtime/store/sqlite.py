@@ -27,7 +27,7 @@ from wasync.runtime.backfill import RepairResult, ThreadHistory
 from wasync.runtime.checkpointer import WalCheckpointer
 from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, ThreadUpdate, thread_id
 from wasync.runtime.store import history, schema
-from wasync.runtime.store.base import BadData, Fence, Page, PhoneInUse, StoreError, WriteResult
+from wasync.runtime.store.base import PING_TIMEOUT_S, BadData, Fence, Page, PhoneInUse, StoreError, WriteResult
 from wasync.runtime.store.schema import merge_message, ms_to_dt, to_api
 from wasync.runtime.store.sqlite_codec import decode, encode
 from wasync.runtime.store.sqlite_tx import SqliteOwnership
@@ -102,7 +102,6 @@ def _bound(row) -> Optional[dict]:
 
 
 ROWS_PER_STATEMENT = 500
-PING_TIMEOUT_S = 2.0  # the store monitor's bound (as Firestore's ping)
 
 
 def insert_rows(conn: sqlite3.Connection, head: str, tail: str, rows: list[tuple]) -> None:
@@ -123,10 +122,10 @@ def insert_rows(conn: sqlite3.Connection, head: str, tail: str, rows: list[tuple
 class SqliteStore(SqliteOwnership):
     name = "sqlite"
 
-    def __init__(self, path: str | Path, busy_timeout_ms: int = 30_000):
+    def __init__(self, path: str | Path, busy_timeout_ms: int = 30_000, ping_timeout_s: float = PING_TIMEOUT_S):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._busy_timeout_ms = busy_timeout_ms
+        self._busy_timeout_ms, self._ping_timeout_s = busy_timeout_ms, ping_timeout_s
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
@@ -201,11 +200,15 @@ class SqliteStore(SqliteOwnership):
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={number + 1}")
 
-    def ping(self, timeout_s: float = PING_TIMEOUT_S) -> bool:
-        """Whether a write could begin within `timeout_s`. A read is no test: in WAL mode it
-        succeeds while another process holds the write lock and every write waits."""
+    def ping(self) -> bool:
+        """Whether a write could begin within the ping timeout. A read is no test: in WAL mode
+        it succeeds while another process holds the write lock and every write waits. So a
+        store whose lock another process holds longer than that reads as down, although
+        writes wait for it up to the busy timeout. The file must exist (a deleted store file
+        is not re-created empty here)."""
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=timeout_s)
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw", uri=True, isolation_level=None,
+                                   timeout=self._ping_timeout_s)
         except sqlite3.Error:
             return False
         try:
