@@ -86,7 +86,8 @@ class StoreWriterActor(pykka.ThreadingActor):
         self._failures = 0  # flushes failed in a row; while > 0 a retry timer is always set
         self._failing_since: Optional[float] = None
         # Spool rows whose writes returned, but whose thread documents the store may still
-        # hold back: done only after the next `store.flush()` (at most every STORE_FLUSH_S).
+        # hold back: done only after the next `store.flush()` (at most every STORE_FLUSH_S;
+        # at once with a store that holds nothing back).
         self._unflushed: list[int] = []
         self._store_timer: Optional[Timer] = None
         self._store_failures = 0  # store.flush() failed in a row (its own retry timer)
@@ -313,7 +314,7 @@ class StoreWriterActor(pykka.ThreadingActor):
             return
         now = self.clock.monotonic_s()
         since = None if self._store_flushed_at is None else now - self._store_flushed_at
-        if since is None or since >= STORE_FLUSH_S:
+        if not self.store.holds_back or since is None or since >= STORE_FLUSH_S:
             self._flush_store()
         else:
             self._store_timer = self.ticker.later(self.actor_ref, StoreFlushDue(), STORE_FLUSH_S - since)

@@ -87,6 +87,18 @@ def test_a_batch_is_written_100_ms_after_it_arrived_and_its_rows_leave_the_spool
     assert rig.board.store_health().connected
 
 
+def test_a_store_that_holds_nothing_back_has_its_rows_leave_the_spool_with_each_write(rig):
+    """SQLite writes everything at once: its rows are not kept for the next flush window
+    (STORE_FLUSH_S), which only Firestore's coalesced thread documents need (an outage's
+    spool backlog took 1.06 s to leave instead of 0.06)."""
+    rig.tell(rig.batch("a1", msg(id="M1", account="a1")))
+    rig.ticker.advance(0.1)
+    assert rig.spool.depth() == 0
+    rig.tell(rig.batch("a1", msg(id="M2", account="a1")))
+    rig.ticker.advance(0.1)
+    assert rig.stored("a1", "M2") is not None and rig.spool.depth() == 0
+
+
 def test_500_operations_are_written_at_once(rig):
     rig.tell(rig.batch("a1", *(msg(id=f"B{n}", account="a1") for n in range(500))))
     assert rig.stored("a1", "B499") is not None  # no timer needed

@@ -114,6 +114,10 @@ class JobLock:
 
 class Store(Protocol):
     name: str
+    # Whether writes may be held back until `flush()` (Firestore coalesces thread documents).
+    # If not, the writer releases spool rows right after each write instead of with the next
+    # flush, up to STORE_FLUSH_S later.
+    holds_back: bool
 
     # --- conversation data (idempotent, unfenced) ---------------------------------
     def upsert_messages(self, messages: Sequence[Message], now_ms: int) -> WriteResult: ...

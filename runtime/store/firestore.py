@@ -59,6 +59,7 @@ class _Thread:
 
 class FirestoreStore(OwnershipOps, FirestoreHistory):
     name = "firestore"
+    holds_back = True  # thread documents, coalesced (~1 write a second per document)
 
     @store_errors
     def __init__(self, project: str | None = None, *, client=None, credentials_json: str | None = None,

@@ -121,6 +121,7 @@ def insert_rows(conn: sqlite3.Connection, head: str, tail: str, rows: list[tuple
 
 class SqliteStore(SqliteOwnership):
     name = "sqlite"
+    holds_back = False
 
     def __init__(self, path: str | Path, busy_timeout_ms: int = 30_000, ping_timeout_s: float = PING_TIMEOUT_S):
         self.path = Path(path)
