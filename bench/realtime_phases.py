@@ -174,7 +174,7 @@ def phase_outage(args, emulator_host: Optional[str]) -> dict:
         # cannot time it: a write that waited out the outage carries the time it began).
         spool_s = None
         while spool_s is None and time.monotonic() - back_at < args.timeout:
-            if spool_left(rig.data_dir, last_seq) == 0:
+            if spool_left(last_seq) == 0:
                 spool_s = time.monotonic() - back_at
             else:
                 time.sleep(0.01)

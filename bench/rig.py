@@ -215,40 +215,33 @@ class StoreReader:
 
 def spool_depth(data_dir: Path) -> int:
     """Exact, read from the spool files (/diag's figure is refreshed only every 2 s)."""
-    return sum(_count(path) for path in (data_dir / "spool").glob("*.db"))
+    return sum(_one(path, "SELECT COUNT(*) FROM events")[0] for path in _spool_files(data_dir))
 
 
-def spool_backlog(data_dir: Path) -> tuple[int, int, dict[str, int]]:
+def spool_backlog(data_dir: Path) -> tuple[int, int, dict[Path, int]]:
     """(rows, Message rows, last seq of each spool file) the spool files hold now."""
     rows = msgs = 0
-    last: dict[str, int] = {}
-    for path in (data_dir / "spool").glob("*.db"):
-        conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-        try:
-            n, m, top = conn.execute("SELECT COUNT(*), COALESCE(SUM(kind = 'Message'), 0), COALESCE(MAX(seq), 0) "
-                                     "FROM events").fetchone()
-        finally:
-            conn.close()
-        rows, msgs, last[str(path)] = rows + n, msgs + m, top
+    last: dict[Path, int] = {}
+    for path in _spool_files(data_dir):
+        n, m, last[path] = _one(path, "SELECT COUNT(*), COALESCE(SUM(kind = 'Message'), 0), COALESCE(MAX(seq), 0) "
+                                      "FROM events")
+        rows, msgs = rows + n, msgs + m
     return rows, msgs, last
 
 
-def spool_left(data_dir: Path, last: dict[str, int]) -> int:
+def spool_left(last: dict[Path, int]) -> int:
     """How many of the rows up to `last` (spool_backlog's) are not done yet."""
-    left = 0
-    for path, top in last.items():
-        conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-        try:
-            left += conn.execute("SELECT COUNT(*) FROM events WHERE seq <= ?", (top,)).fetchone()[0]
-        finally:
-            conn.close()
-    return left
+    return sum(_one(path, "SELECT COUNT(*) FROM events WHERE seq <= ?", top)[0] for path, top in last.items())
 
 
-def _count(path: Path) -> int:
+def _spool_files(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "spool").glob("*.db"))
+
+
+def _one(path: Path, sql: str, *args) -> tuple:
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
     try:
-        return conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        return conn.execute(sql, args).fetchone()
     finally:
         conn.close()
 

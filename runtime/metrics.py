@@ -158,7 +158,7 @@ class Metrics:
                                     registry=r)
         self.lease_acquired = Counter(
             "wasync_lease_acquired_total",
-            "Leases taken, by what they were: free, released, expired, regained (given up here by its deadline)",
+            "Leases taken, by what they were: free, released, expired, regained (given up here, taken back as it was left)",
             ("reason",), registry=r)
         self.lease_lost = Counter(
             "wasync_lease_lost_total", "Leases given up or lost, by why", ("reason",), registry=r)

@@ -367,3 +367,17 @@ def test_an_unreachable_store_pings_false_and_raises_store_error(firestore_emula
         store.upsert_messages([msg(id="U1")], NOW)
     assert time.monotonic() - started < 15  # bounded, not the client's 60-300 s retries
     store.close()  # nothing is held back: the failed upsert never reached its thread documents
+
+
+def test_the_emulator_client_reaches_the_emulator_named_in_settings_without_the_environment(
+        firestore_emulator, firestore_project, monkeypatch):
+    """Settings may name the emulator without FIRESTORE_EMULATOR_HOST in the environment (the
+    client reads only that); the process environment is never changed for it."""
+    from wasync.runtime.store.firestore_wire import emulator_client
+
+    monkeypatch.delenv("FIRESTORE_EMULATOR_HOST")
+    client = emulator_client(firestore_project, firestore_emulator.host)
+    client.collection("probe").document("p1").set({"n": 1}, timeout=10)
+    assert client.collection("probe").document("p1").get(timeout=10).to_dict() == {"n": 1}
+    assert "FIRESTORE_EMULATOR_HOST" not in os.environ
+    client.close()

@@ -12,12 +12,11 @@ checks both paths encode alike.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 from google.cloud.firestore_v1.types import common as common_types
 from google.cloud.firestore_v1.types import document as document_types
@@ -135,22 +134,14 @@ def service_account_credentials(credentials_json: str, project: Optional[str]):
 
 
 def emulator_client(project: str, host: str) -> firestore.Client:
-    # The client learns the emulator address only from this variable, read once in its
-    # constructor (an api_endpoint would speak TLS to the plaintext emulator). It comes
-    # from Settings, and is set here just for the constructor call.
-    var = "FIRESTORE_EMULATOR_HOST"
-    with _temporary_env(var, host):
-        return firestore.Client(project=project)
-
-
-@contextlib.contextmanager
-def _temporary_env(name: str, value: str):
-    previous = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
+    """A client of the emulator at `host` (from Settings). The client reads the emulator's
+    address only from FIRESTORE_EMULATOR_HOST, in its constructor (an api_endpoint would
+    speak TLS to the plaintext emulator). Setting that variable for the call would change
+    the environment of a running process under its other threads (neonize's Go code
+    reads it too), so the address is given to the client the way it keeps it: it opens its
+    channel, and adds the emulator's credentials header, from `_emulator_host`, lazily."""
+    client = firestore.Client(project=project, credentials=AnonymousCredentials())
+    if not hasattr(client, "_emulator_host") or getattr(client, "_firestore_api_internal", None) is not None:
+        raise StoreError("this google-cloud-firestore keeps the emulator address elsewhere: pin the tested version")
+    client._emulator_host = host
+    return client
