@@ -41,6 +41,7 @@ from typing import Iterable, Iterator, Optional
 
 from wasync.runtime.checkpointer import WalCheckpointer
 from wasync.runtime.clock import Clock
+from wasync.runtime.sqlite_steps import rows_at_once
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -52,6 +53,17 @@ CREATE TABLE IF NOT EXISTS quarantine (
     received_at_ms INTEGER NOT NULL, reason TEXT NOT NULL, quarantined_at_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# An account's next rows (one page), read in one step (runtime/sqlite_steps.py).
+_NEXT_ROWS = ("SELECT seq, kind, raw, received_at_ms, origin FROM events "
+              "WHERE account_id = ? AND seq > ? ORDER BY seq LIMIT ?")
+# The same with a byte budget: sizes first (length() of a blob reads no blob), then only
+# the rows that fit.
+_NEXT_ROWS_UP_TO = (
+    "SELECT e.seq, e.kind, e.raw, e.received_at_ms, e.origin FROM ("
+    " SELECT seq, SUM(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size AS before FROM ("
+    "  SELECT seq, length(raw) AS size FROM events WHERE account_id = ? AND seq > ? ORDER BY seq LIMIT ?)"
+    ") AS page JOIN events AS e ON e.seq = page.seq WHERE page.before < ? ORDER BY e.seq")
+_PAGE_COLUMNS = "seq, kind, hex(raw), received_at_ms, origin"
 IDLE_READERS = 4  # reader connections kept open between reads
 SPOOL_DIR = "spool"
 
@@ -194,18 +206,12 @@ class Spool:
         that starts past that much raw data (the first row always comes)."""
         with self._reading() as conn:
             if max_bytes is None:
-                rows = conn.execute(
-                    "SELECT seq, account_id, kind, raw, received_at_ms, origin FROM events "
-                    "WHERE account_id = ? AND seq > ? ORDER BY seq LIMIT ?", (account_id, after_seq, limit)).fetchall()
+                page = rows_at_once(conn, _PAGE_COLUMNS, _NEXT_ROWS, (account_id, after_seq, limit))
             else:
-                # Sizes first (length() of a blob reads no blob), then only the rows that fit.
-                rows = conn.execute(
-                    "SELECT e.seq, e.account_id, e.kind, e.raw, e.received_at_ms, e.origin FROM ("
-                    " SELECT seq, SUM(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size AS before FROM ("
-                    "  SELECT seq, length(raw) AS size FROM events WHERE account_id = ? AND seq > ? ORDER BY seq LIMIT ?)"
-                    ") AS page JOIN events AS e ON e.seq = page.seq WHERE page.before < ? ORDER BY e.seq",
-                    (account_id, after_seq, limit, max_bytes)).fetchall()
-        return [SpoolRow(*row[:5], _origin(row[5])) for row in rows]
+                page = rows_at_once(conn, _PAGE_COLUMNS, _NEXT_ROWS_UP_TO, (account_id, after_seq, limit, max_bytes))
+        page.sort()  # by seq (first): an aggregate promises no order
+        return [SpoolRow(seq, account_id, kind, bytes.fromhex(raw), received_at_ms, _origin(origin))
+                for seq, kind, raw, received_at_ms, origin in page]
 
     def done(self, seqs: Iterable[int]) -> None:
         done = list(seqs)

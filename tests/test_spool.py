@@ -2,6 +2,7 @@
 failure can poison the shared writing connection."""
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -42,6 +43,19 @@ def test_a_page_of_rows_is_cut_by_raw_size_but_always_has_one_row(tmp_path):
     assert [r.seq for r in spool.pending("a1", after_seq=seqs[2], max_bytes=1000)] == [seqs[3]]  # too big alone
     assert [r.seq for r in spool.pending("a1", after_seq=seqs[3], max_bytes=1000)] == [seqs[4]]
     assert [r.seq for r in spool.pending("a1", limit=2, max_bytes=10**6)] == seqs[:2]
+    spool.close()
+
+
+def test_a_page_brings_back_every_byte_of_every_row_in_order(tmp_path):
+    # A page travels as one JSON result row with the raw bytes in hex: nothing may change.
+    spool = Spool(tmp_path / "spool.db")
+    raws = [bytes(range(256)), b"", b"\x00" * 3, "é🙂".encode(), *(os.urandom(n) for n in range(1, 400, 7))]
+    seqs = [spool.append("a1", kind, raw) for kind, raw in zip(["Message", "Receipt"] * len(raws), raws)]
+    for rows in (spool.pending("a1"), spool.pending("a1", max_bytes=10**6)):
+        assert [(r.seq, r.account_id, r.raw) for r in rows] == [(seq, "a1", raw) for seq, raw in zip(seqs, raws)]
+        assert [r.kind for r in rows[:2]] == ["Message", "Receipt"]
+        assert all(isinstance(r.received_at_ms, int) and r.origin is None for r in rows)
+    assert spool.pending("a1", after_seq=seqs[-1]) == [] and spool.pending("nobody") == []
     spool.close()
 
 

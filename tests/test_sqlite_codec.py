@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from store_fixtures import T0, msg
-from wasync.runtime.store.sqlite import ROWS_PER_STATEMENT, SqliteStore
+from wasync.runtime.sqlite_steps import ROWS_PER_STATEMENT
+from wasync.runtime.store.sqlite import SqliteStore
 from wasync.runtime.store.schema import iso, iso_ms, ms_to_dt
 from wasync.runtime.store.sqlite_codec import _encode_slow, decode, encode
 

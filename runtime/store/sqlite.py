@@ -26,6 +26,7 @@ from wasync.runtime.account import AccountPatch, AccountRecord
 from wasync.runtime.backfill import RepairResult, ThreadHistory
 from wasync.runtime.checkpointer import WalCheckpointer
 from wasync.runtime.model import Message, MessageEdit, MessageRevoke, Receipt, ThreadUpdate, thread_id
+from wasync.runtime.sqlite_steps import insert_rows, rows_at_once
 from wasync.runtime.store import history, schema
 from wasync.runtime.store.base import PING_TIMEOUT_S, BadData, Fence, Page, PhoneInUse, StoreError, WriteResult
 from wasync.runtime.store.schema import merge_message, ms_to_dt, to_api
@@ -99,24 +100,6 @@ def _reads(fn):
 def _bound(row) -> Optional[dict]:
     """A (id, ts_client_ms, direction) row as the message fields a history needs."""
     return None if row is None else {"id": row[0], "tsClientMs": row[1], "direction": row[2]}
-
-
-ROWS_PER_STATEMENT = 500
-
-
-def insert_rows(conn: sqlite3.Connection, head: str, tail: str, rows: list[tuple]) -> None:
-    """`head (?,…),(?,…)… tail` for up to 500 rows per statement, rather than executemany.
-    sqlite3 lets go of the interpreter lock around each statement step: one step per row
-    meant the writer queued for the lock again after every row while the account actors
-    were folding history (a store write took 4 x as long inside the daemon as alone). One
-    statement per 500 rows writes them all while the other threads run."""
-    if not rows:
-        return
-    width = len(rows[0])
-    one = "(" + ",".join("?" * width) + ")"
-    for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        chunk = rows[start:start + ROWS_PER_STATEMENT]
-        conn.execute(f"{head} {','.join([one] * len(chunk))} {tail}", [value for row in chunk for value in row])
 
 
 class SqliteStore(SqliteOwnership):
@@ -334,8 +317,9 @@ class SqliteStore(SqliteOwnership):
         found: dict[tuple[str, str], dict] = {}
         for start in range(0, len(keys), 500):
             chunk = keys[start:start + 500]
-            rows = conn.execute(
-                f"SELECT t.thread_id, t.{id_column}, t.{doc_column} FROM json_each(?) AS k "
+            rows = rows_at_once(
+                conn, "thread_id, key, doc",
+                f"SELECT t.thread_id, t.{id_column} AS key, t.{doc_column} AS doc FROM json_each(?) AS k "
                 f"JOIN {table} AS t ON t.thread_id = json_extract(k.value, '$[0]') "
                 f"AND t.{id_column} = json_extract(k.value, '$[1]')",
                 (json.dumps(chunk),),
@@ -358,8 +342,8 @@ class SqliteStore(SqliteOwnership):
         updates = list(updates)
         if not updates:
             return 0
-        rows = conn.execute("SELECT t.thread_id, t.doc FROM json_each(?) AS k JOIN threads AS t "
-                            "ON t.thread_id = k.value", (json.dumps([u.thread_id for u in updates]),))
+        rows = rows_at_once(conn, "thread_id, doc", "SELECT t.thread_id, t.doc FROM json_each(?) AS k "
+                            "JOIN threads AS t ON t.thread_id = k.value", (json.dumps([u.thread_id for u in updates]),))
         stored = {tid: decode(doc) for tid, doc in rows}
         writes = []
         for update in updates:
