@@ -349,16 +349,27 @@ class AccountActor(pykka.ThreadingActor):
                 or any(isinstance(event, m.UndecryptableMessage) for _, event in folded.events))
 
     def _observe_all(self, folded: Folded) -> None:
+        run: list[tuple[SpoolRow, m.Message]] = []  # live messages in a row: the facts move once for them
         for row, event in folded.events:
+            if isinstance(event, m.Message):
+                if row.origin is None:  # adopted from a process that is gone: see _observe
+                    run.append((row, event))
+                continue
+            if run:
+                self._observe_messages(run)
+                run = []
             self._observe(event, row)
+        if run:
+            self._observe_messages(run)
         if folded.real or folded.protocol:
             # Per drain at debug (a degraded account drains every 2 s); Summarize says it at info.
             log.debug("[realtime] accountId=%s real=%d protocol=%d", self.account_id, folded.real, folded.protocol)
             self._since_summary = (self._since_summary[0] + folded.real, self._since_summary[1] + folded.protocol)
 
     def _observe(self, event: m.NormalizedEvent, row: SpoolRow) -> None:
-        """Move the facts; tell the supervisor what it must act on. Times are when the row
-        arrived: a replayed backlog keeps its spacing and counts for the session it came in."""
+        """Move the facts; tell the supervisor what it must act on (real messages: see
+        _observe_messages). Times are when the row arrived: a replayed backlog keeps its
+        spacing and counts for the session it came in."""
         if row.origin is not None:
             return  # adopted from a process that is gone: its data is written, its session was not this one
         if row.seq <= self._watermark and isinstance(event, m.SessionEvent.__args__):
@@ -366,10 +377,6 @@ class AccountActor(pykka.ThreadingActor):
         now = row.received_at_ms
         f = self.facts
         match event:
-            case m.Message():
-                f = replace(f, last_real_message_ms=now, real_messages=f.real_messages + 1,
-                            realtime_ingest_ms=self.deps.clock.wall_ms(), realtime_message_ms=event.ts_client_ms)
-                f = self._streak_ended(f)
             case m.ProtocolMessage():
                 start, beats, self._beat_ms = protocol_streak(
                     f.protocol_streak_start_ms, f.protocol_streak_beats, self._beat_ms, f.last_protocol_message_ms,
@@ -417,6 +424,15 @@ class AccountActor(pykka.ThreadingActor):
                 self.deps.ingest.metrics.connect_failures.labels(str(event.reason) or "unknown").inc()
                 f = replace(f, realtime_error=f"connect failure: {event.reason} {event.message}".strip())
         self.facts = f
+
+    def _observe_messages(self, run: list[tuple[SpoolRow, m.Message]]) -> None:
+        """Real messages, in order (a backlog brings hundreds per page): one move of the facts."""
+        (row, event) = run[-1]
+        self._beat_ms = None  # a real message ends a protocol-only streak
+        self.facts = replace(self.facts, last_real_message_ms=row.received_at_ms,
+                             real_messages=self.facts.real_messages + len(run),
+                             realtime_ingest_ms=self.deps.clock.wall_ms(), realtime_message_ms=event.ts_client_ms,
+                             protocol_streak_start_ms=None, protocol_streak_beats=0)
 
     def _streak_ended(self, f: AccountFacts) -> AccountFacts:
         self._beat_ms = None

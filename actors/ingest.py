@@ -66,23 +66,34 @@ class Ingest:
                 events.append((row, event))
                 r, p = self._fold_event(event, row, b)
                 real, protocol = real + r, protocol + p
+        if b.live:
+            # Once per page, not per message (a backlog is drained 200 rows at a time, and
+            # each labels() takes a lock): the last message's times, the counts by kind.
+            b.patch(AccountPatch(realtime_ingest_ms=self.clock.wall_ms(), realtime_message_ms=b.live[-1].ts_client_ms))
+            self._count_messages(b.live)
+        if real:
+            self.metrics.message_class.labels(**{"class": "real"}).inc(real)
+        if protocol:
+            self.metrics.message_class.labels(**{"class": "protocol"}).inc(protocol)
         return Folded(b.build(), events, real, protocol)
+
+    def _count_messages(self, messages: list[m.Message]) -> None:
+        # Counted per kind, not per message: a history chunk holds thousands (labels() takes a lock).
+        for (source, kind), count in Counter((msg.sync_source, msg.message_type) for msg in messages).items():
+            self.metrics.messages_ingested.labels(source=source.value, type=kind.value).inc(count)
 
     def _fold_event(self, event: m.NormalizedEvent, row: SpoolRow, b: "_Builder") -> tuple[int, int]:
         """Add what `event` writes to the batch; returns (real, protocol) message counts."""
-        metrics = self.metrics
         if isinstance(event, m.Message):
             b.messages.append(event)
+            b.live.append(event)
             b.received_ms.append(row.received_at_ms)
             if event.push_name and not event.is_group and event.direction is m.Direction.INBOUND:
                 b.threads.append(m.ThreadUpdate(b.account_id, event.client_jid, display_name=event.push_name))
-            metrics.messages_ingested.labels(source=event.sync_source.value, type=event.message_type.value).inc()
-            metrics.message_class.labels(**{"class": "real"}).inc()
-            b.patch(AccountPatch(realtime_ingest_ms=self.clock.wall_ms(), realtime_message_ms=event.ts_client_ms))
             return 1, 0
         if isinstance(event, m.ProtocolMessage):
-            metrics.message_class.labels(**{"class": "protocol"}).inc()
             return 0, 1
+        metrics = self.metrics
         if isinstance(event, m.HistoryBatch):
             self._history(event, row, b)
         elif isinstance(event, m.Receipt):
@@ -107,9 +118,7 @@ class Ingest:
         if not dry:
             b.messages.extend(event.messages)
             b.threads.extend(event.threads)
-            # Counted per kind, not per message: a chunk holds thousands (labels() takes a lock).
-            for (source, kind), count in Counter((msg.sync_source, msg.message_type) for msg in event.messages).items():
-                self.metrics.messages_ingested.labels(source=source.value, type=kind.value).inc(count)
+            self._count_messages(event.messages)
         if event.sync_type is m.HistorySyncType.ON_DEMAND:
             # An answer to our own request (a backfill walk): not a history sync of the phone's.
             log.info("[auto-backfill] accountId=%s on-demand answer chats=%d messages=%d", b.account_id,
@@ -135,6 +144,7 @@ class _Builder:
     seqs: list[int] = field(default_factory=list)
     received_ms: list[int] = field(default_factory=list)
     messages: list[m.Message] = field(default_factory=list)
+    live: list[m.Message] = field(default_factory=list)  # the live ones among them
     receipts: list[m.Receipt] = field(default_factory=list)
     edits: list[m.MessageEdit] = field(default_factory=list)
     revokes: list[m.MessageRevoke] = field(default_factory=list)

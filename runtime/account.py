@@ -116,14 +116,17 @@ class AccountPatch:
 
     def then(self, later: "AccountPatch") -> "AccountPatch":
         """This change followed by `later`: later values win; history chunks add up."""
-        merged = {f.name: getattr(later, f.name) if getattr(later, f.name) is not None else getattr(self, f.name)
-                  for f in fields(self)}
+        merged = {name: value if (value := getattr(later, name)) is not None else getattr(self, name)
+                  for name in _PATCH_FIELDS}
         if self.history is not None and later.history is not None:
             merged["history"] = self.history.then(later.history)
         return AccountPatch(**merged)
 
     def __bool__(self) -> bool:
-        return any(getattr(self, f.name) is not None for f in fields(self))
+        return any(getattr(self, name) is not None for name in _PATCH_FIELDS)
+
+
+_PATCH_FIELDS = tuple(f.name for f in fields(AccountPatch))  # fields() builds a tuple per call: once here
 
 
 @dataclass(frozen=True)

@@ -202,3 +202,25 @@ def test_a_stream_replaced_swept_for_an_account_no_actor_runs_is_said(rigs, capl
     assert rig.system.spool.depth() == 0
     assert "accountId=gone StreamReplaced: another client owns this session (swept" in caplog.text
     assert rig.metrics.account_stream_replaced.labels("gone")._value.get() == 1
+
+
+def test_a_page_of_live_messages_moves_the_facts_counters_and_record_once_for_each(rigs):
+    """A backlog is read 200 rows a page, and a page's messages move the account's facts,
+    its counters and its record together: each message still counts once, and the last
+    one's times are what the record says."""
+    rig = rigs([("a1", PHONE)])
+    spool = rig.system.spool
+    for n in range(5):  # left by an earlier life: read as one page
+        spool.append("a1", *live_message(f"P{n}", f"page {n}", ts=1763900100 + n))
+    spool.append("a1", *pb.wire(pb.disconnected_event()))
+    spool.append("a1", *live_message("P5", "after the session event", ts=1763900200))
+    row_times = [row.received_at_ms for row in spool.pending("a1")]
+    rig.start()
+    rig.until(lambda: spool.depth() == 0, what="the page stored")
+    facts = rig.board.account("a1")
+    assert facts.real_messages == 6
+    assert rig.metrics.messages_ingested.labels(source="realtime", type="text")._value.get() == 6
+    assert rig.metrics.message_class.labels(**{"class": "real"})._value.get() == 6
+    doc = rig.store.get_account("a1")
+    assert doc["lastRealtimeMessageAt"] == "2025-11-23T12:16:40.000Z"  # 1763900200: the last one's
+    assert facts.last_real_message_ms == max(row_times)  # when the last one arrived
