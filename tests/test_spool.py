@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from daemonproc import ROOT
-from wasync.runtime.spool import Spool
+from wasync.runtime.spool import READERS, Spool
 
 
 def test_spool_keeps_rows_until_done_and_across_reopen(tmp_path):
@@ -103,7 +103,7 @@ def test_a_write_that_fails_inside_its_transaction_is_rolled_back(tmp_path):
 # later appends joined a transaction nobody committed.)
 _CRASHER = textwrap.dedent("""
     import os, signal, sqlite3, sys
-    from wasync.runtime.spool import Spool
+    from wasync.runtime.spool import READERS, Spool
     path = sys.argv[1]
     spool = Spool(path, busy_timeout_s=0.2)
     first = spool.append("a1", "Message", b"before")
@@ -145,9 +145,39 @@ def test_threads_that_come_and_go_leave_no_reader_connections_behind(tmp_path):
         t = threading.Thread(target=read)
         t.start()
         t.join()
-    assert spool._idle.qsize() <= 4
+    assert spool._idle.qsize() <= READERS
     spool.close()
     assert spool._idle.qsize() == 0
+
+
+def test_many_threads_reading_at_once_share_a_few_connections(tmp_path, monkeypatch):
+    # Fifty accounts draining at once opened and closed dozens of connections a second,
+    # each with its own page cache: memory grew with the spool. READERS at most; the rest wait.
+    spool = Spool(tmp_path / "spool.db")
+    spool.append("a1", "Message", b"x")
+    opened, holding, most = [], [0], [0]
+    lock, hold = threading.Lock(), threading.Event()
+    connect = spool._connect
+    monkeypatch.setattr(spool, "_connect", lambda: opened.append(1) or connect())
+
+    def read():
+        with spool._reading() as conn:
+            with lock:
+                holding[0] += 1
+                most[0] = max(most[0], holding[0])
+            hold.wait(0.2)  # a slow read: everyone else arrives meanwhile
+            conn.execute("SELECT 1").fetchone()
+            with lock:
+                holding[0] -= 1
+        assert [r.raw for r in spool.pending("a1")] == [b"x"]
+
+    threads = [threading.Thread(target=read) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert most[0] == READERS and len(opened) < READERS and spool._idle.qsize() == READERS  # one from the start
+    spool.close()
 
 
 # --- one spool per process, and the spools of processes that died ----------------------------
