@@ -322,7 +322,9 @@ class AccountActor(pykka.ThreadingActor):
         self._observe_all(folded)
         if self.facts.link_news(before):
             self._to_outbox(op.Linked(self.facts.connected))
-        self.deps.writer.tell(self.backfill.tagged(folded.batch))
+        batch = self.backfill.tagged(folded.batch)
+        self.deps.ingest.backlog.handing(batch)
+        self.deps.writer.tell(batch)
         self.backfill.answers(folded)
         self._publish()
         if self._bears_on_health(before, folded):

@@ -98,6 +98,7 @@ class SweeperActor(pykka.ThreadingActor):
                     rows = spool.pending(account_id, after_seq=self.cursors.get(account_id, 0), limit=ROWS_PER_STEP)
                     if rows:
                         folded = self.ingest.fold(account_id, rows)
+                        self.ingest.backlog.handing(folded.batch)
                         self.writer.tell(folded.batch)
                         self._note_replaced(account_id, folded)
                         self.cursors[account_id] = rows[-1].seq  # handed over: not again while the writer has them

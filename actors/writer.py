@@ -128,7 +128,7 @@ class StoreWriterActor(pykka.ThreadingActor):
 
     def _take(self, item: Work) -> None:
         self._lanes.add(item)
-        self._publish_backlog()
+        self._publish_backlog(taken=item)
         if self._failures:
             return  # the store is failing: the retry timer is set
         if self._lanes.live_ops >= FLUSH_OPS or self._lanes.bulk_ops >= FLUSH_OPS:
@@ -142,9 +142,9 @@ class StoreWriterActor(pykka.ThreadingActor):
             self._flush_told = True
             self.actor_ref.tell(FlushDue())
 
-    def _publish_backlog(self) -> None:
+    def _publish_backlog(self, taken: Optional[Work] = None) -> None:
         live, bulk = self._lanes.live_ops, self._lanes.bulk_ops
-        self.backlog.set(live, bulk)
+        self.backlog.set(live, bulk, taken)
         self._backlog_gauges[0].set(live)
         self._backlog_gauges[1].set(bulk)
 

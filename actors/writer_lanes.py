@@ -129,11 +129,17 @@ class Lanes:
 class Backlog:
     """How much work the writer holds in memory, published for the actors that feed it.
 
-    The writer alone sets the figures. A feeder asks `has_room(bulk, key, wake)` before it
-    reads more rows from the spool and, after a yes, says `read_done(key)` once it has
-    handed them over. When the answer is no, its `wake` is called (once, so it must only
-    tell) when there is room again. Feeders never wait: the rows stay in the spool, which
-    is what holds a backlog (a store outage).
+    A feeder asks `has_room(bulk, key, wake)` before it reads more rows from the spool,
+    says `handing(batch)` just before it tells the writer what they became, and
+    `read_done(key)` after. When the answer is no, its `wake` is called (once, so it must
+    only tell) when there is room again. Feeders never wait: the rows stay in the spool,
+    which is what holds a backlog (a store outage).
+
+    What counts is what the writer holds (`set`, by the writer alone) and what was handed
+    to it and not taken yet: a writer stuck in a store call takes nothing from its
+    mailbox, and that is memory too. Counting only the lanes, a 60 s outage (the SQLite
+    store waits out its 30 s busy timeout) put every row of it into the writer's mailbox:
+    +46 MiB over 30,000 live messages, growing with the outage.
 
     Bulk readers are also limited in number (`bulk_readers`, default 1): turning history
     rows into messages is the heaviest Python work in the daemon, and ten accounts doing it
@@ -144,7 +150,8 @@ class Backlog:
     def __init__(self, live_limit_ops: int, bulk_limit_ops: int, bulk_readers: int = 1):
         self.limits = {False: live_limit_ops, True: bulk_limit_ops}
         self.bulk_readers = bulk_readers
-        self._ops = {False: 0, True: 0}
+        self._ops = {False: 0, True: 0}  # in the writer's lanes
+        self._handed = {False: 0, True: 0}  # told to the writer, not taken into its lanes yet
         self._reading: set[str] = set()  # feeders holding a bulk reader's turn
         self._waiting: dict[tuple[bool, str], Callable[[], None]] = {}
         self._lock = threading.Lock()
@@ -152,7 +159,7 @@ class Backlog:
     def has_room(self, bulk: bool, key: str, wake: Optional[Callable[[], None]]) -> bool:
         """`wake` None: the feeder asks again by itself (a periodic sweep)."""
         with self._lock:
-            if self._ops[bulk] < self.limits[bulk] and (
+            if self._ops[bulk] + self._handed[bulk] < self.limits[bulk] and (
                     not bulk or key in self._reading or len(self._reading) < self.bulk_readers):
                 if bulk:
                     self._reading.add(key)
@@ -170,9 +177,21 @@ class Backlog:
             woken = self._due()
         _wake_all(woken)
 
-    def set(self, live_ops: int, bulk_ops: int) -> None:
+    def handing(self, item: Work) -> None:
+        """A feeder is about to tell the writer `item` (before the tell: the writer may take it at once)."""
+        with self._lock:
+            self._handed[is_bulk(item)] += ops_of(item)
+
+    def set(self, live_ops: int, bulk_ops: int, taken: Optional[Work] = None) -> None:
+        """The writer's lanes now hold this much, `taken` among it. Work nobody said it was
+        handing (an account's error, a supervisor's decision: single operations) is taken
+        off too, never below zero: the count errs towards room, never towards a feeder
+        parked for good."""
         with self._lock:
             self._ops = {False: live_ops, True: bulk_ops}
+            if taken is not None:
+                lane = is_bulk(taken)
+                self._handed[lane] = max(0, self._handed[lane] - ops_of(taken))
             woken = self._due()
         _wake_all(woken)
 
@@ -182,7 +201,7 @@ class Backlog:
         woken = []
         turns = self.bulk_readers - len(self._reading)
         for bulk, key in list(self._waiting):
-            if self._ops[bulk] > self.limits[bulk] // 2:
+            if self._ops[bulk] + self._handed[bulk] > self.limits[bulk] // 2:
                 continue
             if bulk:
                 if turns <= 0:

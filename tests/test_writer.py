@@ -26,10 +26,10 @@ CHAT = "15552223333@s.whatsapp.net"
 
 
 class Rig:
-    def __init__(self, tmp_path, **writer_options):
+    def __init__(self, tmp_path, store_busy_ms: int = 50, **writer_options):
         self.clock = FakeClock()
         self.ticker = FakeTicker(self.clock)
-        self.store = SqliteStore(tmp_path / "store.db", busy_timeout_ms=50)
+        self.store = SqliteStore(tmp_path / "store.db", busy_timeout_ms=store_busy_ms)
         self.spool = Spool(tmp_path / "spool.db")
         self.board, self.metrics = Board("i1", "sqlite", self.clock), Metrics()
         self.rejected = []
@@ -197,6 +197,35 @@ def test_a_history_slice_the_store_refuses_quarantines_the_rows_it_came_from(tmp
         assert rig.rejected[0].account_id == "big" and rig.rejected[0].rows == 1
         assert rig.spool.depth() == 0
     finally:
+        rig.close()
+
+
+def test_what_feeders_hand_to_a_writer_stuck_in_a_store_call_counts_against_its_backlog(tmp_path):
+    """A store call that waits (SQLite out its busy timeout, 30 s by default; Firestore its
+    deadline) keeps the writer from its mailbox. Counting only its lanes, a 60 s outage
+    put every live message of it into that mailbox."""
+    backlog = Backlog(live_limit_ops=3, bulk_limit_ops=10)
+    rig = Rig(tmp_path, store_busy_ms=20_000, backlog=backlog)
+    blocker = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        rig.tell(rig.batch("a1", msg(id="W0", account="a1")))
+        rig.ticker.advance(0.1)  # the flush: waits for the store's lock
+        woken = []
+        for n in (1, 2):  # W0, in the stuck write, still counts
+            assert backlog.has_room(False, "a1", lambda: woken.append("a1"))
+            batch = rig.batch("a1", msg(id=f"W{n}", account="a1"))
+            backlog.handing(batch)
+            rig.writer.tell(batch)
+        assert not backlog.has_room(False, "a1", lambda: woken.append("a1"))  # rows stay in the spool
+        blocker.execute("ROLLBACK")  # W0 goes through; W1 and W2 are taken, then written 100 ms later
+        rig.settle()
+        rig.ticker.advance(0.1)
+        rig.settle()
+        assert woken == ["a1"] and rig.stored("a1", "W2") is not None
+        assert backlog.has_room(False, "a1", None)
+    finally:
+        blocker.close()
         rig.close()
 
 

@@ -90,6 +90,31 @@ def test_a_full_lane_turns_feeders_away_and_wakes_each_once_when_half_empty():
     assert woken == ["a"]
 
 
+def test_work_handed_to_the_writer_counts_until_it_takes_it():
+    # A writer stuck in a store call takes nothing from its mailbox: that is memory too.
+    backlog = Backlog(live_limit_ops=3, bulk_limit_ops=1_000)
+    woken = []
+    handed = [IngestBatch("a", (n,), messages=(msg(id=f"M{n}"),)) for n in range(3)]
+    for batch in handed:
+        assert backlog.has_room(False, "a", lambda: woken.append("a"))
+        backlog.handing(batch)
+    assert not backlog.has_room(False, "a", lambda: woken.append("a"))  # the writer's lanes are still empty
+    assert backlog.has_room(True, "h", None)  # counted in its own lane
+    for n, batch in enumerate(handed, start=1):
+        backlog.set(live_ops=n, bulk_ops=0, taken=batch)  # taken into the lanes: the same three
+    assert woken == []
+    backlog.set(live_ops=1, bulk_ops=0)  # written
+    assert woken == ["a"]
+    # Work nobody said it was handing is taken off too, never below zero.
+    backlog.set(live_ops=1, bulk_ops=0, taken=AccountUpdate("a", AccountPatch(phone="1")))
+    backlog.handing(handed[0])
+    backlog.set(live_ops=0, bulk_ops=0)
+    assert backlog.has_room(False, "a", None)  # 1 handed < 3
+    backlog.handing(handed[1])
+    backlog.handing(handed[2])
+    assert not backlog.has_room(False, "a", None)
+
+
 def test_one_feeder_at_a_time_reads_history_and_hands_its_turn_to_the_next():
     backlog = Backlog(live_limit_ops=100, bulk_limit_ops=1_000, bulk_readers=1)
     woken = []
