@@ -3,7 +3,9 @@ the spool how deep it is, and publishes both: /diag must say the store is down w
 is, even when the writer sits inside a call that will only time out later. When the store
 answers again it tells the writer to retry at once instead of at the end of its backoff,
 and the lease coordinator to have a round now: leases given up during the outage are taken
-back then, not at the next regular round (up to lease/3 later).
+back then, not at the next regular round (up to lease/3 later). While the store does not
+answer it is asked again every RECHECK_S, not every tick: every account waits for that
+answer (a ping waits up to PING_TIMEOUT_S itself, so this is no busy loop).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from wasync.runtime.ticker import Timers
 log = logging.getLogger("wasync.monitor")
 
 CHECK_EVERY_S = 2.0
+RECHECK_S = 0.5  # while the store does not answer
 
 
 @dataclass(frozen=True)
@@ -31,11 +34,12 @@ class Check:
 
 class StoreMonitorActor(pykka.ThreadingActor):
     def __init__(self, store, spool: Spool, board: Board, writer: pykka.ActorRef, ticker: Timers,
-                 to_leases: Callable[[CoordinatorMsg], None], every_s: float = CHECK_EVERY_S):
+                 to_leases: Callable[[CoordinatorMsg], None], every_s: float = CHECK_EVERY_S,
+                 recheck_s: float = RECHECK_S):
         super().__init__()
         self.store, self.spool, self.board, self.writer, self.ticker = store, spool, board, writer, ticker
         self.to_leases = to_leases
-        self.every_s = every_s
+        self.every_s, self.recheck_s = every_s, recheck_s
         self._answered = True
 
     def on_start(self) -> None:
@@ -47,7 +51,7 @@ class StoreMonitorActor(pykka.ThreadingActor):
         except Exception:
             log.exception("[supervisor] store check failed")
         finally:
-            self.ticker.later(self.actor_ref, Check(), self.every_s)
+            self.ticker.later(self.actor_ref, Check(), self.every_s if self._answered else self.recheck_s)
 
     def _check(self) -> None:
         self.board.publish_spool(self.spool.depth(), self.spool.oldest_received_ms())
