@@ -135,17 +135,30 @@ def phase_hol(args, emulator_host: Optional[str]) -> dict:
 def phase_outage(args, emulator_host: Optional[str]) -> dict:
     """`--latency-accounts` live accounts at `--latency-rate` msgs/s while the store is
     unreachable for `--outage-seconds` (SQLite: this process holds an exclusive lock on the
-    store file), then back. Figures: the daemon's RSS during the outage (first and largest
-    sample: flat means the backlog is not piling up in memory), and how fast the messages
-    of the outage are stored once the store is back (backlog / seconds until the last one
-    is stored), as a ratio of the history ingest rate of the same run."""
+    store file), then back; twice. With the default lease the sessions stop 2/3 of a lease
+    into the outage (lease safety) and WhatsApp keeps the rest; with a lease longer than
+    the outage (WASYNC_LEASE_MS = 2 x the outage + 15 s: sockets stay up) the spool takes
+    every message, and the drain is the daemon's own. Figures of each: the daemon's RSS
+    during the outage (flat means the backlog is not piling up in memory), and how fast the
+    messages of the outage are stored once the store is back (backlog / seconds until the
+    last one is stored), as a ratio of the history ingest rate of the same run."""
     if args.store != "sqlite":
         return {"note": "outage: measured on SQLite only (the bench cannot take the emulator away and back)"}
+    stopped = _outage_run(args, emulator_host, lease_ms=None)
+    long_lease = int(2 * args.outage_seconds * 1000 + 15_000)
+    kept = _outage_run(args, emulator_host, lease_ms=long_lease)
+    return {**stopped, **{f"outage_long_lease_{key[len('outage_'):]}": value for key, value in kept.items()}}
+
+
+def _outage_run(args, emulator_host: Optional[str], lease_ms: Optional[int]) -> dict:
     n, rate, outage = args.latency_accounts, args.latency_rate, args.outage_seconds
     world = small_world(n, 2, 2)
     backlog = int(n * int(rate * outage + 1e-9))
-    log(f"outage: {n} accounts x {rate:g} msgs/s, store unreachable for {outage:g} s ({backlog} messages)")
-    with Rig("outage", world, args, emulator_host) as rig:
+    name = "outage" if lease_ms is None else "outage-long-lease"
+    log(f"{name}: {n} accounts x {rate:g} msgs/s, store unreachable for {outage:g} s ({backlog} messages)"
+        + ("" if lease_ms is None else f", WASYNC_LEASE_MS={lease_ms} (sockets stay up)"))
+    env = None if lease_ms is None else {"WASYNC_LEASE_MS": str(lease_ms)}
+    with Rig(name, world, args, emulator_host, env=env) as rig:
         rig.add_accounts([a["phone"] for a in world["accounts"]])
         settle(rig, n, n * 4, args.timeout, args.stall)
         pid = rig.daemon.proc.pid
@@ -161,13 +174,13 @@ def phase_outage(args, emulator_host: Optional[str]) -> dict:
         while time.monotonic() - down_at < outage:
             time.sleep(min(5.0, max(0.0, outage - (time.monotonic() - down_at))))
             samples.append(rss_bytes(pid))
-            log(f"outage: {time.monotonic() - down_at:.0f} s down: VmRSS {samples[-1] / MiB:.1f} MiB, "
+            log(f"{name}: {time.monotonic() - down_at:.0f} s down: VmRSS {samples[-1] / MiB:.1f} MiB, "
                 f"spool depth {spool_depth(rig.data_dir)}, {rig.connected()}/{n} connected")
         held, held_msgs, last_seq = spool_backlog(rig.data_dir)  # what the daemon holds itself (the rest waits at WhatsApp)
         lock.execute("ROLLBACK")
         lock.close()
         back_at = time.monotonic()
-        log(f"outage: the store is back; the spool holds {held} rows ({held_msgs} messages)")
+        log(f"{name}: the store is back; the spool holds {held} rows ({held_msgs} messages)")
 
         # The spool's own backlog first, timed on its own: until every row it held is written
         # and marked done (the rest waits at WhatsApp until the sessions reconnect; createdAt
@@ -179,19 +192,19 @@ def phase_outage(args, emulator_host: Optional[str]) -> dict:
             else:
                 time.sleep(0.01)
         if spool_s is not None:
-            log(f"outage: the spool's {held} rows stored within {spool_s * 1000:.0f} ms of the store coming back "
+            log(f"{name}: the spool's {held} rows stored within {spool_s * 1000:.0f} ms of the store coming back "
                 f"({held_msgs / max(spool_s, 1e-3):.0f} msgs/s)")
 
         def drained() -> bool:
             return rig.reader.messages("realtime") - live_before >= backlog
 
         poll(drained, args.timeout, f"the {backlog} messages of the outage stored", every_s=0.1,
-             progress=lambda elapsed: log(f"outage: {elapsed:.0f} s after: "
+             progress=lambda elapsed: log(f"{name}: {elapsed:.0f} s after: "
                                           f"{rig.reader.messages('realtime') - live_before}/{backlog} stored, "
                                           f"{rig.connected()}/{n} connected, spool depth {spool_depth(rig.data_dir)}"))
         drain_s = time.monotonic() - back_at
         growth = (max(samples) - rss_before) / MiB
-        log(f"outage: all {backlog} stored {drain_s:.1f} s after the store came back ({backlog / drain_s:.0f} msgs/s); "
+        log(f"{name}: all {backlog} stored {drain_s:.1f} s after the store came back ({backlog / drain_s:.0f} msgs/s); "
             f"VmRSS before {rss_before / MiB:.1f} MiB, during the outage {min(samples) / MiB:.1f}-"
             f"{max(samples) / MiB:.1f} MiB (+{growth:.1f} MiB)")
         return {"outage_drain_msgs_per_s": backlog / drain_s, "outage_drain_s": drain_s,

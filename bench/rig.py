@@ -253,8 +253,10 @@ class Rig:
     """A simulator with `world` and a daemon against it, in a fresh directory; both are
     stopped on exit whatever happened (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, name: str, world: dict, args, emulator_host: Optional[str]):
+    def __init__(self, name: str, world: dict, args, emulator_host: Optional[str],
+                 env: Optional[dict[str, str]] = None):
         self.name = name
+        self.extra_env = env or {}
         self.world = world
         self.args = args
         self.emulator_host = emulator_host
@@ -287,7 +289,7 @@ class Rig:
         env = {"WASYNC_TRANSPORT": self.sim.address,
                "WASYNC_MAX_STARTS_PER_SECOND": str(self.args.starts_per_second),
                "WASYNC_ADMIN_RATE_PER_MINUTE": str(BENCH_ADMIN_RATE),
-               "LOG_LEVEL": self.args.daemon_log_level}
+               "LOG_LEVEL": self.args.daemon_log_level, **self.extra_env}
         if self.args.store == "firestore":
             env.update(WASYNC_STORE="firestore", FIRESTORE_EMULATOR_HOST=self.emulator_host,
                        GOOGLE_CLOUD_PROJECT=self.project)
