@@ -63,7 +63,11 @@ _NEXT_ROWS_UP_TO = (
     " SELECT seq, SUM(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size AS before FROM ("
     "  SELECT seq, length(raw) AS size FROM events WHERE account_id = ? AND seq > ? ORDER BY seq LIMIT ?)"
     ") AS page JOIN events AS e ON e.seq = page.seq WHERE page.before < ? ORDER BY e.seq")
-_PAGE_COLUMNS = "seq, kind, hex(raw), received_at_ms, origin"
+# Raw bytes ride in the page only up to INLINE_RAW_BYTES: in hex inside JSON a row takes
+# ~8x its size in memory while it is read (a history chunk is megabytes). A bigger row is
+# read on its own (NULL here): few rows are that big, and each is plenty of work anyway.
+INLINE_RAW_BYTES = 64 * 1024
+_PAGE_COLUMNS = f"seq, kind, CASE WHEN length(raw) <= {INLINE_RAW_BYTES} THEN hex(raw) END, received_at_ms, origin"
 # Reader connections at most; a read waits for a free one (it holds it for milliseconds).
 # Opened per read instead, fifty accounts draining at once opened and closed dozens a
 # second, each growing a page cache of up to 2 MiB in its thread's malloc arena: the
@@ -216,9 +220,11 @@ class Spool:
                 page = rows_at_once(conn, _PAGE_COLUMNS, _NEXT_ROWS, (account_id, after_seq, limit))
             else:
                 page = rows_at_once(conn, _PAGE_COLUMNS, _NEXT_ROWS_UP_TO, (account_id, after_seq, limit, max_bytes))
-        page.sort()  # by seq (first): an aggregate promises no order
-        return [SpoolRow(seq, account_id, kind, bytes.fromhex(raw), received_at_ms, _origin(origin))
-                for seq, kind, raw, received_at_ms, origin in page]
+            page.sort()  # by seq (first): an aggregate promises no order
+            rows = [SpoolRow(seq, account_id, kind, bytes.fromhex(raw) if raw is not None else _big_raw(conn, seq),
+                             received_at_ms, _origin(origin))
+                    for seq, kind, raw, received_at_ms, origin in page]
+        return [row for row in rows if row.raw is not None]  # a big row gone meanwhile: done (another reader's)
 
     def done(self, seqs: Iterable[int]) -> None:
         done = list(seqs)
@@ -355,6 +361,13 @@ class Spool:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+
+
+def _big_raw(conn: sqlite3.Connection, seq: int) -> Optional[bytes]:
+    """The raw bytes of a row too big to ride in its page (INLINE_RAW_BYTES); None if it is
+    gone since (done: another reader's rows, written meanwhile)."""
+    found = conn.execute("SELECT raw FROM events WHERE seq = ?", (seq,)).fetchone()
+    return found[0] if found else None
 
 
 def _origin(value: Optional[str]) -> Optional[tuple[str, int]]:

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from daemonproc import ROOT
-from wasync.runtime.spool import READERS, Spool
+from wasync.runtime.spool import INLINE_RAW_BYTES, READERS, Spool
 
 
 def test_spool_keeps_rows_until_done_and_across_reopen(tmp_path):
@@ -56,6 +56,29 @@ def test_a_page_brings_back_every_byte_of_every_row_in_order(tmp_path):
         assert [r.kind for r in rows[:2]] == ["Message", "Receipt"]
         assert all(isinstance(r.received_at_ms, int) and r.origin is None for r in rows)
     assert spool.pending("a1", after_seq=seqs[-1]) == [] and spool.pending("nobody") == []
+    spool.close()
+
+
+def test_a_big_row_is_read_on_its_own_not_inside_the_page(tmp_path, monkeypatch):
+    # In hex inside JSON a row takes ~8x its size while it is read: history chunks are megabytes.
+    import wasync.runtime.spool as spool_module
+
+    spool = Spool(tmp_path / "spool.db")
+    raws = [b"small", os.urandom(INLINE_RAW_BYTES + 1), b"", os.urandom(3 * INLINE_RAW_BYTES), b"last"]
+    for raw in raws:
+        spool.append("a1", "HistorySync", raw)
+    inline = []  # the hex length of every raw that rode in a page
+    read_page = spool_module.rows_at_once
+
+    def recording(*args):
+        page = read_page(*args)
+        inline.extend(len(row[2] or "") for row in page)
+        return page
+
+    monkeypatch.setattr(spool_module, "rows_at_once", recording)
+    assert [r.raw for r in spool.pending("a1")] == raws
+    assert [r.raw for r in spool.pending("a1", max_bytes=10 * INLINE_RAW_BYTES)] == raws
+    assert max(inline) == 2 * len(b"small")  # the big ones came on their own
     spool.close()
 
 
@@ -103,7 +126,7 @@ def test_a_write_that_fails_inside_its_transaction_is_rolled_back(tmp_path):
 # later appends joined a transaction nobody committed.)
 _CRASHER = textwrap.dedent("""
     import os, signal, sqlite3, sys
-    from wasync.runtime.spool import READERS, Spool
+    from wasync.runtime.spool import Spool
     path = sys.argv[1]
     spool = Spool(path, busy_timeout_s=0.2)
     first = spool.append("a1", "Message", b"before")
@@ -156,7 +179,7 @@ def test_many_threads_reading_at_once_share_a_few_connections(tmp_path, monkeypa
     spool = Spool(tmp_path / "spool.db")
     spool.append("a1", "Message", b"x")
     opened, holding, most = [], [0], [0]
-    lock, hold = threading.Lock(), threading.Event()
+    lock = threading.Lock()
     connect = spool._connect
     monkeypatch.setattr(spool, "_connect", lambda: opened.append(1) or connect())
 
@@ -165,7 +188,7 @@ def test_many_threads_reading_at_once_share_a_few_connections(tmp_path, monkeypa
             with lock:
                 holding[0] += 1
                 most[0] = max(most[0], holding[0])
-            hold.wait(0.2)  # a slow read: everyone else arrives meanwhile
+            time.sleep(0.2)  # a slow read: everyone else arrives meanwhile
             conn.execute("SELECT 1").fetchone()
             with lock:
                 holding[0] -= 1
