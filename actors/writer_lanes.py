@@ -184,9 +184,9 @@ class Backlog:
 
     def set(self, live_ops: int, bulk_ops: int, taken: Optional[Work] = None) -> None:
         """The writer's lanes now hold this much, `taken` among it. Work nobody said it was
-        handing (an account's error, a supervisor's decision: single operations) is taken
-        off too, never below zero: the count errs towards room, never towards a feeder
-        parked for good."""
+        handing (an account's error, a supervisor's decision, a walk's thread summaries) is
+        taken off too, never below zero: the count errs towards room (the cap gives by that
+        much), never towards a feeder parked for good."""
         with self._lock:
             self._ops = {False: live_ops, True: bulk_ops}
             if taken is not None:

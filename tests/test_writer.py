@@ -12,7 +12,7 @@ from pykka.messages import ProxyGetAttr
 from store_fixtures import msg
 from wasync.actors.writer import StoreWriterActor
 from wasync.actors.writer_lanes import Backlog
-from wasync.actors.writer_protocol import AccountUpdate, Drain, IngestBatch, StoreAnswers
+from wasync.actors.writer_protocol import AccountUpdate, Drain, FlushDue, IngestBatch, StoreAnswers
 from wasync.runtime.account import AccountPatch
 from wasync.runtime.board import Board
 from wasync.runtime.clock import FakeClock
@@ -210,7 +210,7 @@ def test_what_feeders_hand_to_a_writer_stuck_in_a_store_call_counts_against_its_
     try:
         blocker.execute("BEGIN EXCLUSIVE")
         rig.tell(rig.batch("a1", msg(id="W0", account="a1")))
-        rig.ticker.advance(0.1)  # the flush: waits for the store's lock
+        rig.writer.tell(FlushDue())  # the flush: waits for the store's lock (not asked: nobody waits on it)
         woken = []
         for n in (1, 2):  # W0, in the stuck write, still counts
             assert backlog.has_room(False, "a1", lambda: woken.append("a1"))
