@@ -40,6 +40,7 @@ class StoreMonitorActor(pykka.ThreadingActor):
         self.store, self.spool, self.board, self.writer, self.ticker = store, spool, board, writer, ticker
         self.to_leases = to_leases
         self.every_s, self.recheck_s = every_s, recheck_s
+        self._checks = 0
         self._answered = True
 
     def on_start(self) -> None:
@@ -54,7 +55,11 @@ class StoreMonitorActor(pykka.ThreadingActor):
             self.ticker.later(self.actor_ref, Check(), self.every_s if self._answered else self.recheck_s)
 
     def _check(self) -> None:
-        self.board.publish_spool(self.spool.depth(), self.spool.oldest_received_ms())
+        self._checks += 1
+        if self._answered or self._checks % max(1, round(self.every_s / self.recheck_s)) == 0:
+            # Once a period while rechecking: the oldest row's time is a scan of the spool,
+            # which is at its largest during an outage.
+            self.board.publish_spool(self.spool.depth(), self.spool.oldest_received_ms())
         answered = self.store.ping()  # bounded (PING_TIMEOUT_S): never raises
         self.board.publish_ping(answered, None if answered else "ping failed")
         if answered and not self._answered:
