@@ -430,11 +430,9 @@ class AccountActor(pykka.ThreadingActor):
     def _observe_messages(self, run: list[tuple[SpoolRow, m.Message]]) -> None:
         """Real messages, in order (a backlog brings hundreds per page): one move of the facts."""
         (row, event) = run[-1]
-        self._beat_ms = None  # a real message ends a protocol-only streak
-        self.facts = replace(self.facts, last_real_message_ms=row.received_at_ms,
-                             real_messages=self.facts.real_messages + len(run),
-                             realtime_ingest_ms=self.deps.clock.wall_ms(), realtime_message_ms=event.ts_client_ms,
-                             protocol_streak_start_ms=None, protocol_streak_beats=0)
+        self.facts = self._streak_ended(replace(
+            self.facts, last_real_message_ms=row.received_at_ms, real_messages=self.facts.real_messages + len(run),
+            realtime_ingest_ms=self.deps.clock.wall_ms(), realtime_message_ms=event.ts_client_ms))
 
     def _streak_ended(self, f: AccountFacts) -> AccountFacts:
         self._beat_ms = None

@@ -35,7 +35,9 @@ def insert_rows(conn: sqlite3.Connection, head: str, tail: str, rows: list[tuple
 def rows_at_once(conn: sqlite3.Connection, columns: str, select: str, args: tuple = ()) -> list[list]:
     """The rows of `select`, each as the list of `columns` (expressions over its result
     columns), read in one step. For TEXT, INTEGER and NULL values, and BLOBs as `hex(x)`
-    (`bytes.fromhex` them back); a REAL would come back rounded to 15 digits. In no promised
-    order: sort them if it matters."""
+    (`bytes.fromhex` them back; a NULL blob comes back as "", not None: test for NULL in
+    SQL if it matters); a REAL would come back rounded to 15 digits. Mind the size: the
+    whole result is one SQLite value and one Python string. In no promised order: sort
+    them if it matters."""
     (packed,) = conn.execute(f"SELECT json_group_array(json_array({columns})) FROM ({select})", args).fetchone()
     return orjson.loads(packed)
