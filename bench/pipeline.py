@@ -273,18 +273,16 @@ def table(results: dict, store: str = "sqlite") -> str:
         v = results.get(key)
         row(name, v, "ms", f"<= {TARGETS[key]:g} ms", None if v is None else v / TARGETS[key],
             None if v is None else v <= TARGETS[key])
-    ing = results.get("ingest_msgs_per_s")
-    for key, name in (("outage_drain_msgs_per_s", "backlog drain after a store outage"),
-                      ("outage_spool_drain_msgs_per_s", "  of it, the spool's rows (no reconnect)"),
-                      ("outage_rss_growth_mib", "  RSS growth during the outage"),
-                      ("outage_long_lease_drain_msgs_per_s", "  same, lease > outage (sockets stay up)"),
-                      ("outage_long_lease_rss_growth_mib", "    RSS growth during that outage")):
-        v = results.get(key)
-        if key.endswith("_mib"):
-            row(name, v, "MiB", "flat", None, None)
-            continue
+    def drain_row(name: str, key: str) -> None:
+        v, ing = results.get(key), results.get("ingest_msgs_per_s")
         ratio = v / ing if v and ing else None
         row(name, v, "msgs/s", ">= 0.5 x ingest", ratio, None if ratio is None else ratio >= 0.5)
+
+    drain_row("backlog drain after a store outage", "outage_drain_msgs_per_s")
+    drain_row("  of it, the spool's rows (no reconnect)", "outage_spool_drain_msgs_per_s")
+    row("  RSS growth during the outage", results.get("outage_rss_growth_mib"), "MiB", "flat", None, None)
+    drain_row("  same, lease > outage (sockets stay up)", "outage_long_lease_drain_msgs_per_s")
+    row("    RSS growth during that outage", results.get("outage_long_lease_rss_growth_mib"), "MiB", "flat", None, None)
     v = results.get("cold_start_s")
     row("cold start, 500 accounts", v, "s", "<= 15 s", None if v is None else v / 15, None if v is None else v <= 15)
     for k, seconds in (results.get("instances_cold_start_s") or {}).items():
