@@ -83,6 +83,9 @@ class StoreWriterActor(pykka.ThreadingActor):
         self._lanes = Lanes(slice_ops or getattr(store, "ingest_slice", BULK_SLICE_OPS))
         self._timer: Optional[Timer] = None  # the next flush: ~100 ms after a batch, or a retry
         self._flush_told = False  # a FlushDue of our own is in the mailbox
+        # The last flush was full (FLUSH_OPS or more): a backlog is draining, more is on its
+        # way, and waiting FLUSH_AFTER_S to gather it would only add to the drain.
+        self._draining = False
         self._failures = 0  # flushes failed in a row; while > 0 a retry timer is always set
         self._failing_since: Optional[float] = None
         # Spool rows whose writes returned, but whose thread documents the store may still
@@ -131,7 +134,7 @@ class StoreWriterActor(pykka.ThreadingActor):
         self._publish_backlog(taken=item)
         if self._failures:
             return  # the store is failing: the retry timer is set
-        if self._lanes.live_ops >= FLUSH_OPS or self._lanes.bulk_ops >= FLUSH_OPS:
+        if self._draining or self._lanes.live_ops >= FLUSH_OPS or self._lanes.bulk_ops >= FLUSH_OPS:
             self._flush_soon()
         elif self._timer is None:
             self._later(FLUSH_AFTER_S)
@@ -170,6 +173,7 @@ class StoreWriterActor(pykka.ThreadingActor):
             return
         taken = self._lanes.take()
         items = taken.items
+        self._draining = sum(ops_of(item) for item in items) >= FLUSH_OPS
         started = self.clock.monotonic_s()
         try:
             done, kept, trouble = self._write_all(items)

@@ -10,7 +10,7 @@ import pytest
 from pykka.messages import ProxyGetAttr
 
 from store_fixtures import msg
-from wasync.actors.writer import StoreWriterActor
+from wasync.actors.writer import FLUSH_OPS, StoreWriterActor
 from wasync.actors.writer_lanes import Backlog
 from wasync.actors.writer_protocol import AccountUpdate, Drain, FlushDue, IngestBatch, StoreAnswers
 from wasync.runtime.account import AccountPatch
@@ -85,6 +85,19 @@ def test_a_batch_is_written_100_ms_after_it_arrived_and_its_rows_leave_the_spool
     rig.ticker.advance(0.001)
     assert rig.stored("a1", "M1")["body"] == "hi" and rig.spool.depth() == 0
     assert rig.board.store_health().connected
+
+
+def test_right_after_a_full_flush_the_next_batch_is_written_without_the_100_ms_wait(rig):
+    """A full flush means a backlog is draining (a store outage's, a restart's): gathering
+    for another 100 ms would only add to the drain. Once flushes are small again, it waits."""
+    rig.tell(rig.batch("a1", *(msg(id=f"F{n}", account="a1") for n in range(FLUSH_OPS))))
+    assert rig.count("a1") == FLUSH_OPS  # full: written at once
+    rig.tell(rig.batch("a1", msg(id="T1", account="a1")))
+    assert rig.stored("a1", "T1") is not None  # the tail of the drain, without waiting
+    rig.tell(rig.batch("a1", msg(id="T2", account="a1")))
+    assert rig.stored("a1", "T2") is None  # T1's flush was small: live work is gathered again
+    rig.ticker.advance(0.1)
+    assert rig.stored("a1", "T2") is not None
 
 
 def test_a_store_that_holds_nothing_back_has_its_rows_leave_the_spool_with_each_write(rig):
