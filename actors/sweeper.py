@@ -28,6 +28,9 @@ log = logging.getLogger("wasync.sweeper")
 SWEEP_EVERY_S = 2.0
 ADOPT_EVERY_S = 30.0
 ROWS_PER_STEP = 500
+# ...and about this much raw data at most, as an account actor reads (history rows are
+# megabytes, and a step becomes one batch in the writer's memory).
+BYTES_PER_STEP = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,8 @@ class SweeperActor(pykka.ThreadingActor):
             count = 0
             while self._writer_has_room():
                 try:
-                    rows = spool.pending(account_id, after_seq=self.cursors.get(account_id, 0), limit=ROWS_PER_STEP)
+                    rows = spool.pending(account_id, after_seq=self.cursors.get(account_id, 0), limit=ROWS_PER_STEP,
+                                         max_bytes=BYTES_PER_STEP)
                     if rows:
                         folded = self.ingest.fold(account_id, rows)
                         self.ingest.backlog.handing(folded.batch)

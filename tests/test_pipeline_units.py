@@ -224,3 +224,37 @@ def test_a_page_of_live_messages_moves_the_facts_counters_and_record_once_for_ea
     doc = rig.store.get_account("a1")
     assert doc["lastRealtimeMessageAt"] == "2025-11-23T12:16:40.000Z"  # 1763900200: the last one's
     assert facts.last_real_message_ms == max(row_times)  # when the last one arrived
+
+
+def test_the_sweeper_reads_big_history_rows_a_megabyte_at_a_time(rigs, monkeypatch):
+    """History rows are megabytes and a sweep step becomes one batch in the writer's
+    memory: like an account actor, the sweeper reads about 1 MiB at a time."""
+    rig = rigs([])
+    spool = rig.system.spool
+    padding = b"\x00" * 600_000  # a big HistorySync that still parses: the padding is field 127, unknown
+    chunks = [history_chunk(f"S{n}") for n in range(4)]
+    for kind, raw in chunks:
+        spool.append("gone", kind, raw + b"\xfa\x07" + _varint(len(padding)) + padding)
+    pages = []  # raw bytes of every page read
+    read_page = spool.pending
+
+    def recording(*args, **kwargs):
+        rows = read_page(*args, **kwargs)
+        pages.append(sum(len(row.raw) for row in rows))
+        return rows
+
+    monkeypatch.setattr(spool, "pending", recording)
+    rig.start()
+    rig.advance(2.5)  # one sweep
+    rig.until(lambda: spool.depth() == 0, what="every chunk swept")
+    assert all(rig.store.get_message("gone", ALICE, f"S{n}") for n in range(4))
+    assert max(pages) < 2 * 600_000 + 2_000  # two rows at most: the second starts before 1 MiB
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
