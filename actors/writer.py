@@ -1,7 +1,8 @@
 """StoreWriterActor: the one writer of conversation data and account records.
 
 Batches from all accounts are merged and flushed together when 500 operations are
-waiting or ~100 ms after the first one arrived. Only after the store confirmed a flush
+waiting or ~100 ms after the first one arrived (at once, right after a full flush: a
+backlog is draining). Only after the store confirmed a flush
 are its spool rows marked done. Work waits in two lanes (`writer_lanes`): live work is
 written first, history in slices of ≤ 500 messages, so a history sync never holds up
 the live messages of other accounts; each account's order is kept. What waits in memory
